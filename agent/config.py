@@ -1,0 +1,186 @@
+"""Settings: one pydantic model, read once at the entry point from a TOML file and the environment.
+
+Where things live (the data directory, `$METAGENT_HOME` or the platform's per-user data directory):
+
+    settings.toml       optional; every key has a default (see `Settings`)
+    chroma/             vector store: ingested documents and episodes (owned by one process, see store.lock)
+    store.lock          held by the process that owns chroma/
+    checkpoints.sqlite  LangGraph checkpoints: threads and interrupted runs
+    kinds.json          task kinds taught with `metagent teach`
+    adapters/           LoRA adapters, one PEFT directory each
+    cache/models/       converted weights (the bundled GGUF de-quantized once)
+    workspace/          the only directory file tools and the sandbox may write
+
+Environment overrides take the form METAGENT_<SECTION>__<KEY>, e.g. METAGENT_MODEL__DEVICE=cpu.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import ConfigError
+
+ENV_PREFIX = "METAGENT_"
+HOME_ENV = "METAGENT_HOME"
+
+DEFAULT_INJECTION_PATTERNS = (
+    r"ignore (all |any )?(the )?(previous|prior|above|earlier) (instructions|prompts|messages)",
+    r"disregard (all |any )?(the )?(previous|prior|above|system) (instructions|prompt)",
+    r"forget (all |everything )?(you were told|your instructions|previous instructions)",
+    r"you are now (in )?(developer|dan|jailbreak|unrestricted) mode",
+    r"(reveal|print|show|repeat) (me )?(your|the) (system prompt|hidden instructions|initial instructions)",
+    r"</?(system|im_start|im_end)>|<\|im_(start|end)\|>",
+    r"new instructions?:",
+    r"act as (an? )?(unfiltered|unrestricted|jailbroken)",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    path: str = Field("", description="HF model directory, GGUF file, or cached hub id; empty = bundled")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_new_tokens: int = Field(384, ge=1, le=32768)
+    constrained: bool = True
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
+
+
+class AgentSettings(_Section):
+    max_steps: int = Field(6, ge=1, le=100, description="act steps per run before the budget ends it")
+    max_replans: int = Field(1, ge=0, le=10)
+    history_messages: int = Field(8, ge=0, description="earlier turns of the thread shown to the model")
+    system_prompt: str = "You are metagent, a helpful assistant that runs locally. Answer concisely."
+
+
+class ClassifierSettings(_Section):
+    threshold: float = Field(0.35, ge=-1.0, le=1.0, description="below this similarity, ask the LLM")
+    margin: float = Field(0.02, ge=0.0, le=2.0, description="below this gap to the runner-up, ask the LLM")
+
+
+class RetrievalSettings(_Section):
+    top_k: int = Field(4, ge=1, le=50)
+    chunk_chars: int = Field(800, ge=100, le=20000)
+    overlap_chars: int = Field(120, ge=0, le=5000)
+    min_score: float = Field(0.2, ge=-1.0, le=1.0)
+
+
+class MemorySettings(_Section):
+    recall_k: int = Field(2, ge=0, le=20)
+    min_score: float = Field(0.5, ge=-1.0, le=1.0)
+
+
+class ToolSettings(_Section):
+    workspace: str = Field("", description="directory file tools may use; empty = <home>/workspace")
+    timeout_s: float = Field(10.0, gt=0, le=3600)
+    output_cap_bytes: int = Field(16384, ge=256)
+    memory_mb: int = Field(512, ge=32)
+    max_parallel: int = Field(4, ge=1, le=64)
+    approval: list[str] = Field(default_factory=lambda: ["write_file"], description="tools that need a yes")
+    sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+
+
+class GuardSettings(_Section):
+    injection_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_INJECTION_PATTERNS))
+    blocked_input_patterns: list[str] = Field(default_factory=list)
+    redact: list[Literal["email", "phone", "card", "api_key"]] = Field(
+        default_factory=lambda: ["email", "phone", "card", "api_key"]
+    )
+    max_input_chars: int = Field(200_000, ge=1)
+    max_tool_result_chars: int = Field(8000, ge=100)
+    # What to do with a tool result or retrieved passage that looks like a prompt injection.
+    on_injection: Literal["block", "redact", "ask"] = "redact"
+
+
+class Settings(_Section):
+    home: Path = Field(default_factory=lambda: default_home())
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
+    guards: GuardSettings = Field(default_factory=GuardSettings)
+    adapters: dict[str, str] = Field(default_factory=dict, description="task kind -> adapter name")
+
+    # Paths inside the data directory. Nothing is created until a command needs it.
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def checkpoint_db(self) -> Path:
+        return self.home / "checkpoints.sqlite"
+
+    @property
+    def kinds_file(self) -> Path:
+        return self.home / "kinds.json"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return Path(self.model.cache_dir).expanduser() if self.model.cache_dir else self.home / "cache" / "models"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return Path(self.tools.workspace).expanduser() if self.tools.workspace else self.home / "workspace"
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+        """Read `path` (default: <home>/settings.toml when it exists), then apply environment overrides."""
+        env = dict(os.environ if env is None else env)
+        home = Path(env[HOME_ENV]).expanduser() if env.get(HOME_ENV) else default_home()
+        data: dict[str, Any] = {}
+        file = path if path is not None else home / "settings.toml"
+        if path is not None and not file.is_file():
+            raise ConfigError(f"settings file not found: {file}. Create it or leave out the path.")
+        if file.is_file():
+            try:
+                data = tomllib.loads(file.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"settings file {file} is not valid TOML: {e}") from e
+        data.setdefault("home", str(home))
+        _apply_env(data, env)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid settings (from {file} and {ENV_PREFIX}* variables):\n{e}") from e
+
+
+def default_home() -> Path:
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("metagent", appauthor=False))
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{key}: [{section}] is not a settings section")
+        target[name] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    """Environment values are TOML scalars or arrays when they parse as such, plain strings otherwise."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
