@@ -86,6 +86,7 @@ class ToolSettings(_Section):
     max_parallel: int = Field(4, ge=1, le=64)
     approval: list[str] = Field(default_factory=lambda: ["write_file"], description="tools that need a yes")
     sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    modules: list[str] = Field(default_factory=list, description="modules whose @tool functions are registered")
 
 
 class GuardSettings(_Section):

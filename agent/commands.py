@@ -1,0 +1,225 @@
+"""The subcommands behind `metagent` (parsing lives in agent/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import Settings
+from agent.errors import ConfigError, StoreLockedError
+from agent.result import Result
+from agent.services import make_embedder, make_registry, open_store
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_PENDING = 0, 1, 3
+err = Console(stderr=True)
+out = Console()
+
+
+def _agent(settings: Settings) -> Any:
+    from agent.api import Agent
+
+    with err.status("loading the model...") as status:
+        return Agent(settings, progress=lambda msg: status.update(f"{msg}..."))
+
+
+def chat(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.repl import Repl
+
+    agent = _agent(settings)
+    try:
+        Repl(agent, thread_id=args.thread, user_id=args.user).loop()
+    finally:
+        agent.close()
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    agent = _agent(settings)
+    try:
+        result = agent.invoke(args.text, thread_id=args.thread, user_id=args.user, kind=args.kind)
+        while result.interrupted and (decision := _decide(args.approve, result)) is not None:
+            result = agent.resume(result.thread_id, decision)
+    finally:
+        agent.close()
+    return _report(result, args.json)
+
+
+def resume(args: argparse.Namespace, settings: Settings) -> int:
+    agent = _agent(settings)
+    try:
+        result = agent.resume(args.thread, args.decision == "yes")
+    finally:
+        agent.close()
+    return _report(result, args.json)
+
+
+def _decide(mode: str, result: Result) -> bool | None:
+    if mode != "ask":
+        return mode == "yes"
+    if not sys.stdin.isatty():
+        return None
+    for a in result.pending:
+        err.print(f"[yellow]approval needed[/]: {a.name}({json.dumps(a.arguments)}) — {a.reason}")
+    return input("allow? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _report(result: Result, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+    else:
+        out.print(result.answer or "")
+        err.print(f"[dim]kind={result.task_kind} adapter={result.adapter} status={result.status} "
+                  f"tokens={result.usage} run={result.run_id} thread={result.thread_id}[/]")
+        for call in result.tool_calls:
+            state = "ok" if call["ok"] else f"error: {call['error']}"
+            err.print(f"[dim]tool {call['name']}({json.dumps(call['arguments'])}) -> {state}[/]")
+    if result.interrupted:
+        err.print(f"waiting for approval: metagent resume {result.thread_id} yes|no")
+        return EXIT_PENDING
+    return EXIT_OK if result.status == "done" else EXIT_RUN_FAILED
+
+
+def ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from memory import DocumentStore
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"no such file or folder: {', '.join(missing)}")
+    store = open_store(settings)
+    try:
+        docs = DocumentStore(store, make_embedder(), settings.retrieval.chunk_chars,
+                             settings.retrieval.overlap_chars)
+        with err.status("ingesting...") as status:
+            report = docs.ingest(args.paths, progress=lambda msg: status.update(msg))
+        out.print(report.summary())
+        for skipped in report.skipped:
+            err.print(f"[dim]skipped {skipped.path}: {skipped.reason}[/]")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def teach(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.services import make_classifier
+
+    classifier = make_classifier(settings, make_embedder(), None)
+    kind = classifier.teach(args.kind, args.examples, description=args.description)
+    out.print(f"kind {kind.name!r} now has {len(kind.examples)} examples (saved to {settings.kinds_file})")
+    return EXIT_OK
+
+
+def kinds(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.classifier import load_kinds
+
+    table = Table("kind", "examples", "retrieve", "plan", "tools", "description")
+    for k in load_kinds(settings.kinds_file):
+        tools = k.tools if isinstance(k.tools, bool) else ",".join(k.tools)
+        table.add_row(k.name, str(len(k.examples)), str(k.retrieve), str(k.plan), str(tools), k.description)
+    out.print(table)
+    return EXIT_OK
+
+
+def adapters(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.adapters import AdapterRegistry
+
+    found = AdapterRegistry(settings).list()
+    if not found:
+        out.print(f"no adapters in {settings.adapters_dir} (each adapter is a PEFT directory there)")
+        return EXIT_OK
+    table = Table("adapter", "kinds", "base model", "path", "status")
+    for a in found:
+        table.add_row(a.name, ",".join(a.kinds), a.base_model or "?", str(a.path), a.problem or "ok")
+    out.print(table)
+    return EXIT_OK
+
+
+def memory(args: argparse.Namespace, settings: Settings) -> int:
+    from memory import ChromaEpisodes
+
+    store = open_store(settings)
+    try:
+        episodes = ChromaEpisodes(store, make_embedder())
+        if args.action == "list":
+            return _list_episodes(episodes.list(args.user), args.json)
+        if args.all and args.user:
+            raise ConfigError("use either --user U or --all, not both")
+        count = episodes.forget(None if args.all else (args.user or "default"))
+        out.print(f"forgot {count} episode(s)" + ("" if args.all else f" of user {args.user or 'default'!r}"))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _list_episodes(episodes: list[Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([e.to_dict() for e in episodes], ensure_ascii=False, default=str))
+        return EXIT_OK
+    table = Table("id", "user", "kind", "outcome", "request", "answer")
+    for e in episodes:
+        table.add_row(e.id, e.user_id, e.task_kind, e.outcome, e.request[:60], e.answer[:60])
+    out.print(table if episodes else "no episodes")
+    return EXIT_OK
+
+
+def tools(args: argparse.Namespace, settings: Settings) -> int:
+    from memory import ChromaEpisodes, DocumentStore
+
+    store = None
+    try:
+        store = open_store(settings, wait_s=2.0)
+    except StoreLockedError as e:
+        err.print(f"[yellow]note[/]: search_docs and recall are unavailable: {e}")
+    try:
+        embedder = make_embedder()
+        retriever = DocumentStore(store, embedder) if store else None
+        episodes = ChromaEpisodes(store, embedder) if store else None
+        registry = make_registry((), settings.tools.modules, retriever=retriever, episodes=episodes)
+        if args.action == "list":
+            return _list_tools(registry, args.json)
+        return _call_tool(registry, settings, args)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _list_tools(registry: Any, as_json: bool) -> int:
+    specs = registry.specs()
+    if as_json:
+        print(json.dumps([{"name": s.name, "description": s.description, "parameters": s.parameters}
+                          for s in specs], ensure_ascii=False))
+        return EXIT_OK
+    table = Table("tool", "description", "arguments")
+    for s in specs:
+        table.add_row(s.name, s.description, ", ".join(s.parameters.get("properties", {})))
+    out.print(table)
+    return EXIT_OK
+
+
+def _call_tool(registry: Any, settings: Settings, args: argparse.Namespace) -> int:
+    from agent.services import make_broker
+    from agent.types import ToolCall
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"arguments must be a JSON object, e.g. '{{\"expression\": \"2+2\"}}': {e}") from e
+    if not isinstance(arguments, dict):
+        raise ConfigError(f"arguments must be a JSON object, got {args.args!r}")
+    result = make_broker(settings, registry).call(ToolCall("cli", args.name, arguments), user_id=args.user)
+    print(json.dumps({"ok": result.ok, "output": result.output, "error": result.error}, ensure_ascii=False))
+    return EXIT_OK if result.ok else EXIT_RUN_FAILED
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.doctor import report
+
+    table = Table("check", "value", show_header=False)
+    for key, value in report(settings).items():
+        table.add_row(key, str(value))
+    out.print(table)
+    return EXIT_OK

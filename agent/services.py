@@ -1,0 +1,156 @@
+"""Assembly: build the services of one process from Settings (the only place that knows concrete classes).
+
+The Agent, the CLI and the REPL get their services here, so each builds only what it needs: `metagent tools
+call` never loads a model, `metagent ingest` never opens the checkpoint database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.config import Settings
+from agent.errors import ConfigError
+from agent.protocols import LLM, Embedder
+
+if TYPE_CHECKING:
+    from agent.adapters import AdapterRegistry
+    from agent.classifier import TaskClassifier
+    from agent.guards import Guards
+    from memory import ChromaEpisodes, DocumentStore, VectorStore
+    from tools import Broker, ToolRegistry
+
+Progress = Callable[[str], None]
+
+
+def open_store(settings: Settings, wait_s: float = 10.0) -> VectorStore:
+    from memory import VectorStore
+
+    return VectorStore.from_settings(settings, wait_s=wait_s)
+
+
+def make_embedder() -> Embedder:
+    from memory import MiniLMEmbedder
+
+    return MiniLMEmbedder()
+
+
+def load_llm(settings: Settings, adapters: AdapterRegistry, progress: Progress | None = None) -> LLM:
+    from agent.llm.engine import TransformersLLM
+
+    return TransformersLLM.from_settings(settings, progress=progress, adapters=adapters.paths())
+
+
+def make_registry(tools: Sequence[Any], modules: Sequence[str] = (), retriever: Any = None,
+                  episodes: Any = None) -> ToolRegistry:
+    """Built-in tools plus the user's own (functions are wrapped with @tool)."""
+    from tools import ToolRegistry, builtin_tools
+
+    registry = ToolRegistry()
+    for t in builtin_tools(retriever=retriever, episodes=episodes):
+        registry.register(t)
+    for t in tools:
+        registry.register(t)
+    for module in modules:
+        for t in module_tools(module):
+            registry.register(t)
+    return registry
+
+
+def module_tools(module_name: str) -> list[Any]:
+    """The @tool objects defined in a module named in [tools] modules (how the CLI finds a user's tools)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module: any import failure is theirs to fix
+        raise ConfigError(f"cannot import tool module {module_name!r} ([tools] modules): "
+                          f"{type(e).__name__}: {e}") from e
+    found = [obj for obj in vars(module).values()
+             if all(hasattr(obj, a) for a in ("spec", "run", "policy", "args_model")) and not isinstance(obj, type)]
+    if not found:
+        raise ConfigError(f"tool module {module_name!r} defines no @tool functions")
+    return found
+
+
+def make_broker(settings: Settings, registry: ToolRegistry) -> Broker:
+    from tools import Broker
+
+    settings.workspace_dir.mkdir(parents=True, exist_ok=True)
+    return Broker(registry, settings.tools, settings.workspace_dir)
+
+
+def make_classifier(settings: Settings, embedder: Embedder, llm: LLM | None) -> TaskClassifier:
+    from agent.classifier import TaskClassifier, load_kinds
+
+    c = settings.classifier
+    return TaskClassifier(embedder, load_kinds(settings.kinds_file), llm, c.threshold, c.margin,
+                          kinds_file=settings.kinds_file)
+
+
+def open_checkpointer(settings: Settings) -> Any:
+    """LangGraph's SQLite saver on <home>/checkpoints.sqlite (threads and interrupted runs survive restarts)."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(settings.checkpoint_db), check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return SqliteSaver(conn)
+
+
+@dataclass
+class Services:
+    """Everything an Agent holds; `close()` releases the store lock and the database."""
+
+    settings: Settings
+    llm: LLM
+    embedder: Embedder
+    store: VectorStore
+    documents: DocumentStore
+    episodes: ChromaEpisodes
+    classifier: TaskClassifier
+    registry: ToolRegistry
+    broker: Broker
+    adapters: AdapterRegistry
+    guards: Guards
+    checkpointer: Any
+    closed: bool = field(default=False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.store.close()
+        conn = getattr(self.checkpointer, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], embedder: Embedder | None,
+                   progress: Progress | None) -> Services:
+    from agent.adapters import AdapterRegistry
+    from agent.guards import Guards
+    from memory import ChromaEpisodes, DocumentStore
+
+    say = progress or (lambda _msg: None)
+    say("opening the data directory")
+    store = open_store(settings)
+    try:
+        embedder = embedder or make_embedder()
+        documents = DocumentStore(store, embedder, settings.retrieval.chunk_chars, settings.retrieval.overlap_chars)
+        episodes = ChromaEpisodes(store, embedder, min_score=settings.memory.min_score)
+        adapters = AdapterRegistry(settings)
+        if llm is None:
+            llm = load_llm(settings, adapters, progress)
+        registry = make_registry(tools, settings.tools.modules, retriever=documents, episodes=episodes)
+        return Services(
+            settings=settings, llm=llm, embedder=embedder, store=store, documents=documents,
+            episodes=episodes, classifier=make_classifier(settings, embedder, llm), registry=registry,
+            broker=make_broker(settings, registry), adapters=adapters,
+            guards=Guards(settings.guards, settings.tools.approval), checkpointer=open_checkpointer(settings),
+        )
+    except BaseException:
+        store.close()
+        raise

@@ -1,0 +1,161 @@
+"""The act step: the model either answers or asks for tools. Its text streams to the user as it is decoded,
+except tool-call blocks, which surface as tool_call events instead."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from agent.llm.toolformat import CALL_OPEN
+from agent.types import LLMDelta, LLMReply, LLMRequest, ToolChoice, ToolSpec
+from graphs.deps import Deps, KindInfo
+from graphs.nodes import Update, add_usage, emit
+from graphs.prompts import act_messages, result_message
+from graphs.state import AgentState
+
+_CITE = re.compile(r"\[(\d{1,2})\]")
+
+
+def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
+    deps = runtime.context
+    kind = deps.classifier.kind(state["task_kind"])
+    tools = offered_tools(kind, deps.broker.specs())
+    request = LLMRequest(
+        purpose="act",
+        messages=act_messages(dict(state), deps.settings.agent.system_prompt, kind.description,
+                              deps.settings.agent.history_messages),
+        tools=tuple(tools),
+        tool_choice=tool_choice(kind, state, bool(tools)),
+        adapter=state.get("adapter"),
+        max_new_tokens=deps.settings.model.max_new_tokens,
+    )
+    reply = stream_reply(runtime, request)
+    steps = state.get("steps", 0) + 1
+    update: Update = {
+        "steps": steps,
+        "usage": add_usage(state, reply.usage.prompt_tokens, reply.usage.completion_tokens),
+    }
+    retry = _retry_reasons(reply)
+    if retry:
+        # Unreadable calls (possible only with constrained decoding off) or an empty reply: show the model
+        # its mistake and let it try again, within the step budget.
+        errors = [{"name": "error", "ok": False, "output": "", "error": e} for e in retry]
+        update["scratch"] = [*state.get("scratch", []), {"role": "assistant", "content": reply.text},
+                             *(result_message(e) for e in errors)]
+        update["pending_calls"] = []
+        return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
+    if reply.tool_calls:
+        calls = [c.to_dict() for c in reply.tool_calls]
+        for call in calls:
+            emit(runtime, {"type": "tool_call", **call})
+        update["pending_calls"] = calls
+        return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
+    answer, citations = cite(reply.content, state.get("passages", []))
+    return update | {"pending_calls": [], "answer": answer, "citations": citations}
+
+
+def _retry_reasons(reply: LLMReply) -> list[str]:
+    if reply.tool_calls:
+        return []
+    if reply.parse_errors:
+        return list(reply.parse_errors)
+    if not reply.content.strip():
+        return ["your reply was empty: answer the request, or call a tool"]
+    return []
+
+
+def _budget_check(state: AgentState, steps: int, max_steps: int, calls_wanted: bool) -> Update:
+    if not calls_wanted or steps < max_steps:
+        return {}
+    done = [r for r in state.get("tool_trace", []) if r["ok"]]
+    last = f" Last tool result: {done[-1]['name']} -> {done[-1]['output'][:300]}" if done else ""
+    answer = (f"I stopped after {steps} steps without finishing: that is the step budget "
+              f"([agent] max_steps = {max_steps}).{last}")
+    return {"status": "budget", "answer": answer, "pending_calls": []}
+
+
+def offered_tools(kind: KindInfo, specs: Sequence[ToolSpec]) -> list[ToolSpec]:
+    if kind.tools is True:
+        return list(specs)
+    if not kind.tools:
+        return []
+    wanted = set(kind.tools)  # type: ignore[arg-type]
+    return [s for s in specs if s.name in wanted]
+
+
+def tool_choice(kind: KindInfo, state: AgentState, has_tools: bool) -> ToolChoice:
+    if not has_tools:
+        return "none"
+    # The classifier already decided this task needs a tool: make the first step call one. Small models
+    # otherwise answer from memory (and get arithmetic wrong).
+    if kind.require_tool and not state.get("tool_trace"):
+        return "required"
+    return "auto"
+
+
+class TokenFilter:
+    """Streams answer text the way the output guard will let it out.
+
+    Text is held back while it could still be the start of a tool-call block, and the last HOLD_CHARS are
+    held until the next delta so that a secret or address being written is redacted before it is shown:
+    the user sees output-guard-redacted text as it streams, not the raw text.
+    """
+
+    HOLD_CHARS = 80
+
+    def __init__(self, runtime: Runtime[Deps]) -> None:
+        self.runtime = runtime
+        self.raw = ""
+        self.sent = 0
+        self.answering = False
+
+    def feed(self, text: str) -> None:
+        self.raw += text
+        if not self.answering:
+            stripped = self.raw.lstrip()
+            if not stripped or CALL_OPEN.startswith(stripped[: len(CALL_OPEN)]):
+                return
+            self.answering = True
+        self._send(final=False)
+
+    def finish(self) -> None:
+        if self.answering:
+            self._send(final=True)
+
+    def _send(self, final: bool) -> None:
+        verdict = self.runtime.context.guards.check_output(self.raw)
+        shown = verdict.text if verdict.text is not None else self.raw
+        if verdict.action == "block":
+            return
+        end = len(shown) if final else max(self.sent, len(shown) - self.HOLD_CHARS)
+        if end > self.sent:
+            emit(self.runtime, {"type": "token", "text": shown[self.sent:end]})
+            self.sent = end
+
+
+def stream_reply(runtime: Runtime[Deps], request: LLMRequest) -> LLMReply:
+    """Run the request, streaming the answer (never tool-call blocks) as token events."""
+    tokens = TokenFilter(runtime)
+    for item in runtime.context.llm.stream(request):
+        if isinstance(item, LLMReply):
+            if not item.tool_calls:
+                tokens.finish()
+            return item
+        if isinstance(item, LLMDelta):
+            tokens.feed(item.text)
+    raise RuntimeError("LLM stream ended without a final reply")  # a broken LLM implementation, not user input
+
+
+def cite(answer: str, passages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The citations of an answer: the passages it cites as [n], or, when it cites none, every passage it was
+    given. They are listed under the answer with their source paths so the user can check them."""
+    if not passages:
+        return answer, []
+    cited = sorted({int(n) for n in _CITE.findall(answer) if 1 <= int(n) <= len(passages)})
+    numbers = cited or list(range(1, len(passages) + 1))
+    listed = [{"n": n, **passages[n - 1]} for n in numbers]
+    footer = "\n\nSources: " + "; ".join(f"[{c['n']}] {c['source']}" for c in listed)
+    return answer + footer, listed

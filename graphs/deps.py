@@ -1,0 +1,80 @@
+"""Deps: the services a run needs, passed to the graph as its `context` (frozen: nodes never swap them).
+
+The graph depends on small structural types, not on concrete classes, so tests can wire real services
+with a ScriptedLLM and anything else that fits.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.config import Settings
+from agent.protocols import LLM, EpisodicMemory, Retriever
+from agent.types import ToolCall, ToolResult, ToolSpec, Verdict
+
+
+class KindInfo(Protocol):
+    name: str
+    description: str
+    retrieve: bool
+    plan: bool
+    tools: bool | Sequence[str]
+    require_tool: bool
+
+
+class ClassificationInfo(Protocol):
+    kind: str
+    confidence: float
+    method: str
+
+
+class Classifier(Protocol):
+    def classify(self, text: str) -> ClassificationInfo: ...
+
+    def kind(self, name: str) -> KindInfo: ...
+
+
+class ToolBroker(Protocol):
+    def specs(self) -> list[ToolSpec]: ...
+
+    def validate(self, call: ToolCall) -> ToolResult | None: ...
+
+    def needs_approval(self, call: ToolCall) -> bool: ...
+
+    def call_many(self, calls: Sequence[ToolCall], user_id: str = "default") -> list[ToolResult]: ...
+
+
+class GuardSet(Protocol):
+    def check_input(self, text: str) -> Verdict: ...
+
+    def check_plan(self, plan: str, tool_names: Sequence[str]) -> Verdict: ...
+
+    def check_tool_call(self, call: ToolCall, needs_approval: bool) -> Verdict: ...
+
+    def check_tool_result(self, text: str) -> Verdict: ...
+
+    def check_retrieved(self, text: str) -> Verdict: ...
+
+    def check_output(self, text: str) -> Verdict: ...
+
+
+class AdapterSelector(Protocol):
+    def for_kind(self, kind: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    llm: LLM
+    classifier: Classifier
+    broker: ToolBroker
+    guards: GuardSet
+    adapters: AdapterSelector | None = None
+    retriever: Retriever | None = None
+    episodes: EpisodicMemory | None = None
+    clock: Callable[[], float] = time.time
+    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex[:12])
