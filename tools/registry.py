@@ -1,0 +1,61 @@
+"""The tools a broker may call, registered explicitly by name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.types import ToolSpec
+from tools.base import Tool, is_tool
+from tools.function_tool import tool
+
+# What tool-call grammars and chat templates accept as a function name.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ToolRegistry:
+    """Tools by name. `register` takes a Tool (a class-based tool or a `@tool` function) or a plain typed,
+    documented function (wrapped with `tool`). Registering a name twice is a ConfigError."""
+
+    def __init__(self, tools: list[Tool | Callable[..., Any]] | None = None) -> None:
+        self._tools: dict[str, Tool] = {}
+        for item in tools or []:
+            self.register(item)
+
+    def register(self, item: Tool | Callable[..., Any]) -> Tool:
+        """Add a tool and return it (the wrapped one for a plain function)."""
+        registered: Tool = item if is_tool(item) else tool(item)  # type: ignore[arg-type]
+        if not isinstance(registered.name, str) or not _NAME.match(registered.name):
+            raise ConfigError(
+                f"tool name {registered.name!r} is not usable: use letters, digits, '_', '-' or '.', "
+                "starting with a letter or '_', at most 64 characters."
+            )
+        if not registered.description or not registered.description.strip():
+            raise ConfigError(f"tool {registered.name!r} has an empty description; say what it does.")
+        if registered.name in self._tools:
+            raise ConfigError(
+                f"a tool named {registered.name!r} is already registered ({self._tools[registered.name]!r}). "
+                "Give one of them another name, e.g. @tool(name='...')."
+            )
+        self._tools[registered.name] = registered
+        return registered
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def specs(self) -> list[ToolSpec]:
+        return [t.spec() for t in self._tools.values()]
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
