@@ -56,8 +56,7 @@ class ToolPolicy:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(
-                f"{owner}: unknown tool option(s) {unknown}; the options are name, description and "
-                f"{sorted(known)}."
+                f"{owner}: unknown tool option(s) {unknown}; the options are name, description and {sorted(known)}."
             )
         try:
             policy = cls(**options)

@@ -50,9 +50,7 @@ _ALLOWED = "numbers, + - * / // % **, parentheses, pi, e, " + ", ".join(f"{f}()"
 
 @tool
 def calculator(
-    expression: Annotated[
-        str, Field(description="an arithmetic expression, e.g. '2 * (3 + 4) ** 2' or 'sqrt(2) / 3'")
-    ],
+    expression: Annotated[str, Field(description="an arithmetic expression, e.g. '2 * (3 + 4) ** 2' or 'sqrt(2) / 3'")],
 ) -> str:
     """Evaluate an arithmetic expression exactly and return the number. Use it for any arithmetic."""
     return format_number(evaluate(expression))
@@ -100,10 +98,11 @@ def _eval(node: ast.expr) -> int | float:
 
 
 def _call(node: ast.Call) -> int | float:
-    name = node.func.id if isinstance(node.func, ast.Name) else None
+    if not isinstance(node.func, ast.Name):
+        raise ToolError(f"calling {_describe(node.func)} is not allowed; allowed: {_ALLOWED}")
+    name = node.func.id
     if name not in _FUNCTIONS:
-        shown = name or _describe(node.func)
-        raise ToolError(f"unknown function {shown!r}; allowed: {_ALLOWED}")
+        raise ToolError(f"unknown function {name!r}; allowed: {_ALLOWED}")
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise ToolError(f"{name}() takes plain positional arguments only")
     args = [_eval(a) for a in node.args]

@@ -86,10 +86,11 @@ def read_file(path: PathArg, ctx: ToolContext) -> str:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         except OSError as e:
             raise ToolError(_explain(e, path)) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ToolError(f"{path!r} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ToolError(f"{path!r} is not a regular file")
         data = f.read(READ_CAP_BYTES)
     if b"\x00" in data:
         return f"{path} is a binary file ({info.st_size} bytes); not shown"

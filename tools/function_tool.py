@@ -39,6 +39,9 @@ _ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 class FunctionTool:
     """A Tool made from a function by `@tool`. Calling it calls the function."""
 
+    __name__: str  # copied from the function, like the rest of its metadata
+    __qualname__: str
+
     def __init__(self, fn: Callable[..., Any], name: str, description: str, policy: ToolPolicy) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
@@ -175,9 +178,7 @@ def _args_model(fn: Callable[..., Any], tool_name: str) -> tuple[type[BaseModel]
             context_param = param.name
             continue
         definitions[param.name] = (annotation, _field(param, annotation, arg_docs.get(param.name)))
-    model = create_model(  # type: ignore[call-overload]
-        f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **definitions
-    )
+    model = create_model(f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **definitions)
     return model, context_param
 
 

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 TERM_GRACE_S = 0.2
 DRAIN_S = 0.2  # how long to keep reading pipes a stray descendant may hold open
@@ -104,8 +105,8 @@ def _pump(proc: subprocess.Popen[bytes], data: bytes | None, capture: _Capture, 
             if remaining <= 0:
                 return True
             for key, _ in sel.select(remaining):
-                if key.data is None:
-                    pending = _feed(sel, key.fileobj, pending)  # type: ignore[arg-type]
+                if key.data is None and proc.stdin is not None:
+                    pending = _feed(sel, proc.stdin, pending)
                     continue
                 chunk = os.read(key.fd, _CHUNK)
                 if not chunk:
@@ -121,7 +122,7 @@ def _pump(proc: subprocess.Popen[bytes], data: bytes | None, capture: _Capture, 
             proc.stdin.close()
 
 
-def _feed(sel: selectors.BaseSelector, pipe: subprocess.IO[bytes], pending: memoryview) -> memoryview:
+def _feed(sel: selectors.BaseSelector, pipe: IO[bytes], pending: memoryview) -> memoryview:
     try:
         written = os.write(pipe.fileno(), pending[:_CHUNK])
     except BlockingIOError:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from agent.errors import ConfigError
 from agent.types import ToolSpec
@@ -19,14 +19,14 @@ class ToolRegistry:
     """Tools by name. `register` takes a Tool (a class-based tool or a `@tool` function) or a plain typed,
     documented function (wrapped with `tool`). Registering a name twice is a ConfigError."""
 
-    def __init__(self, tools: list[Tool | Callable[..., Any]] | None = None) -> None:
+    def __init__(self, tools: Sequence[Tool | Callable[..., Any]] | None = None) -> None:
         self._tools: dict[str, Tool] = {}
         for item in tools or []:
             self.register(item)
 
     def register(self, item: Tool | Callable[..., Any]) -> Tool:
         """Add a tool and return it (the wrapped one for a plain function)."""
-        registered: Tool = item if is_tool(item) else tool(item)  # type: ignore[arg-type]
+        registered = cast(Tool, item) if is_tool(item) else tool(cast(Callable[..., Any], item))
         if not isinstance(registered.name, str) or not _NAME.match(registered.name):
             raise ConfigError(
                 f"tool name {registered.name!r} is not usable: use letters, digits, '_', '-' or '.', "

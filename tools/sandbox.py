@@ -124,9 +124,7 @@ class _SandboxBase:
         command = [*self._wrap(init, plan, binds, workspace), *argv]
         return run_process(command, sandbox_env(workspace), timeout_s, output_cap_bytes, stdin=stdin)
 
-    def _wrap(
-        self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path
-    ) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         raise NotImplementedError
 
 
@@ -160,9 +158,7 @@ class BwrapSandbox(_SandboxBase):
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or shutil.which("bwrap") or "bwrap"
 
-    def _wrap(
-        self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path
-    ) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         argv = [self.executable, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"]
         argv += ["--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
         if os.geteuid() == 0:
@@ -170,6 +166,7 @@ class BwrapSandbox(_SandboxBase):
             argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         else:
             argv += ["--unshare-user", "--disable-userns"]
+            plan["drop_bounding_caps"] = True  # only acts if the command would run as uid 0 inside
         argv += ["--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
             if os.path.islink(top):
@@ -226,9 +223,7 @@ class UnshareSandbox(_SandboxBase):
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or shutil.which("unshare") or "unshare"
 
-    def _wrap(
-        self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path
-    ) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         argv = [self.executable, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
         argv += ["--mount-proc", "--propagation", "private"]
         if os.geteuid() != 0:
@@ -263,9 +258,7 @@ class ProcessSandbox(_SandboxBase):
         "processes that leave the process group survive a timeout",
     )
 
-    def _wrap(
-        self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path
-    ) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         return [*init, json.dumps(plan), "--"]
 
 
@@ -410,4 +403,3 @@ def describe_sandbox(mode: SandboxMode = "auto") -> dict[str, Any]:
         "does_not_protect": list(getattr(impl, "does_not_protect", ())),
         "modes": {m: ("usable" if p is None else p) for m, p in problems.items()},
     }
-

@@ -8,7 +8,7 @@ standard library and no file of this project inside the sandbox. Steps, in order
    /run...) under empty tmpfs mounts, then bind back the directories the command needs (Python, the
    workspace read-write) at their own paths, read-only except the workspace;
 3. when started as root: drop to the sandbox user (uid/gid 65534 by default) with no supplementary groups,
-   so no capability is left; in a user namespace instead: empty the capability bounding set;
+   so no capability is left; as root of a user namespace instead: empty the capability bounding set;
 4. PR_SET_NO_NEW_PRIVS, so no setuid binary or file capability can raise privileges again;
 5. chdir to the workspace and exec the command (PATH from the scrubbed environment).
 
@@ -55,7 +55,8 @@ def main(args: list[str]) -> None:
             mount_view(plan["mounts"], plan.get("hide", []), plan.get("tmpfs_bytes", 64 << 20))
         if plan.get("uid") is not None:
             drop_user(int(plan["uid"]), int(plan["gid"]))
-        elif plan.get("drop_bounding_caps"):
+        elif plan.get("drop_bounding_caps") and os.getuid() == 0:
+            # Root of a user namespace: exec would hand it every capability of the namespace again.
             drop_bounding_caps()
         libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         try:
