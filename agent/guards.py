@@ -67,7 +67,7 @@ class Guards:
         """Block empty or oversized input, policy patterns and direct prompt-injection attempts."""
         limit = self.settings.max_input_chars
         if len(text) > limit:
-            return _block("input", f"input is {len(text):,} characters; the limit is {limit:,} "
+            return _block("input", f"input too long: {len(text):,} characters, the limit is {limit:,} "
                                    "(guards.max_input_chars): shorten it or attach it as a document")
         if not fold(text).strip():
             return _block("input", "empty input: type a request")

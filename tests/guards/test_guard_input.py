@@ -43,7 +43,7 @@ def test_input_over_the_limit_is_blocked_with_size_and_limit() -> None:
     assert guards.check_input("x" * 100).action == "allow"
     verdict = guards.check_input("x" * 101)
     assert verdict.action == "block"
-    assert "101" in verdict.reason and "100" in verdict.reason and "max_input_chars" in verdict.reason
+    assert verdict.reason.startswith("input too long: 101 characters, the limit is 100 (guards.max_input_chars)")
 
 
 def test_one_megabyte_input_is_blocked_by_size(guards: Guards) -> None:
