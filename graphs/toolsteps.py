@@ -109,10 +109,12 @@ def check_tool_results(state: AgentState, runtime: Runtime[Deps]) -> Update:
         "tool_trace": [*state.get("tool_trace", []), *trace],
         "pending_calls": [],
         "step_results": [],
-        "step_failed": bool(screened) and not any(r["ok"] for r in screened),
+        "step_failed": bool(screened) and not any(r["ok"] or r.get("stopped") for r in screened),
         "verdicts": verdicts,
     }
 
 
 def _failed(call: ToolCall, error: str) -> dict[str, Any]:
-    return ToolResult(call_id=call.id, name=call.name, ok=False, output="", error=error).to_dict()
+    """A call stopped by policy or by the user: not a failure of the plan, so it never triggers a re-plan."""
+    return {**ToolResult(call_id=call.id, name=call.name, ok=False, output="", error=error).to_dict(),
+            "stopped": True}

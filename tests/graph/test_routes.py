@@ -1,0 +1,98 @@
+"""Every route through the graph, end to end on ScriptedLLM with the real services around it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.events import Final, NodeEnd, NodeStart, TaskKind, Token, ToolCallEvent, ToolResultEvent
+from agent.llm import ScriptedLLM, format_call
+
+
+def test_chat_skips_plan_retrieval_and_tools(make_agent):
+    llm = ScriptedLLM({"act": ["Hello! How can I help?"]})
+    agent = make_agent(llm)
+    result = agent.invoke("hi there", kind="chat")
+    assert result.status == "done"
+    assert result.answer == "Hello! How can I help?"
+    assert result.task_kind == "chat"
+    assert "make_plan" not in result.timings and "retrieve_context" not in result.timings
+    assert {"check_input", "classify_task", "act", "check_output", "record_episode"} <= set(result.timings)
+    assert llm.requests[0].tools == () and llm.requests[0].tool_choice == "none"
+    llm.assert_complete()
+
+
+def test_classifier_picks_the_kind_without_forcing(make_agent):
+    llm = ScriptedLLM({"act": ["Hi!"]})
+    result = make_agent(llm).invoke("hello, how are you today?")
+    assert result.task_kind == "chat"
+
+
+def test_tool_route_plans_calls_and_answers(make_agent):
+    llm = ScriptedLLM({
+        "plan": ["1. Use calculator on 17*23.\n2. Report the result."],
+        "act": [format_call("calculator", {"expression": "17*23"}), "17 * 23 = 391."],
+    })
+    result = make_agent(llm).invoke("what is 17*23?", kind="tool")
+    assert result.status == "done"
+    assert result.plan.startswith("1. Use calculator")
+    assert [c["name"] for c in result.tool_calls] == ["calculator"]
+    assert result.tool_calls[0]["ok"] and "391" in result.tool_calls[0]["output"]
+    assert result.answer == "17 * 23 = 391."
+    # The first act step was forced to call a tool; the second saw the result.
+    first, second = llm.calls_for("act")
+    assert first.tool_choice == "required" and second.tool_choice == "auto"
+    assert any("391" in m.content for m in second.messages if m.role == "tool")
+    assert result.usage["completion_tokens"] > 0
+    llm.assert_complete()
+
+
+def test_docs_route_retrieves_and_cites(make_agent, tmp_path: Path):
+    doc = tmp_path / "locking.md"
+    doc.write_text("# Locking\n\nThe vector store is owned by one process, which holds store.lock.\n")
+    llm = ScriptedLLM({"act": ["One process owns the store and holds store.lock [1]."]})
+    agent = make_agent(llm)
+    agent.ingest([doc])
+    result = agent.invoke("who owns the vector store according to the docs?", kind="docs")
+    assert "retrieve_context" in result.timings
+    assert result.citations and result.citations[0]["n"] == 1
+    assert result.citations[0]["source"].endswith("locking.md")
+    assert "locking.md" in result.answer  # the sources line under the answer
+    prompt = llm.requests[0].messages[0].content
+    assert "store.lock" in prompt and "[1]" in prompt
+
+
+def test_unknown_forced_kind_is_a_clear_error(make_agent):
+    agent = make_agent(ScriptedLLM())
+    with pytest.raises(ConfigError, match="nonsense"):
+        agent.invoke("hi", kind="nonsense")
+
+
+def test_stream_yields_typed_events_in_order(make_agent):
+    llm = ScriptedLLM({
+        "plan": ["1. calculator"],
+        "act": [format_call("calculator", {"expression": "2+2"}), "The answer is 4."],
+    })
+    events = list(make_agent(llm).stream("what is 2+2?", kind="tool"))
+    kinds = [type(e) for e in events]
+    assert kinds[0] is NodeStart and isinstance(events[-1], Final)
+    assert TaskKind in kinds and ToolCallEvent in kinds and ToolResultEvent in kinds and NodeEnd in kinds
+    assert kinds.index(ToolCallEvent) < kinds.index(ToolResultEvent) < kinds.index(Token)
+    assert "".join(e.text for e in events if isinstance(e, Token)).strip() == "The answer is 4."
+
+
+def test_async_faces(make_agent):
+    llm = ScriptedLLM({"act": ["one", "two"]})
+    agent = make_agent(llm)
+
+    async def go() -> tuple[str, list[object]]:
+        result = await agent.ainvoke("hi", kind="chat")
+        events = [e async for e in agent.astream("hi again", kind="chat")]
+        return result.answer, events
+
+    answer, events = asyncio.run(go())
+    assert answer == "one"
+    assert isinstance(events[-1], Final) and events[-1].result.answer == "two"

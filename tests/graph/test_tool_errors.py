@@ -1,0 +1,75 @@
+"""Model mistakes and misbehaving tools come back to the model as observations; the run never crashes."""
+
+from __future__ import annotations
+
+import time
+
+from agent.llm import ScriptedLLM, format_call
+from tools import tool
+
+
+@tool
+def explode(reason: str) -> str:
+    """A tool that always raises."""
+    raise RuntimeError(f"kaboom: {reason}")
+
+
+@tool(timeout_s=0.5)
+def hang(seconds: float) -> str:
+    """A tool that sleeps for a while."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+def _tool_messages(llm: ScriptedLLM, act_index: int) -> str:
+    return "\n".join(m.content for m in llm.calls_for("act")[act_index].messages if m.role == "tool")
+
+
+def test_unknown_tool_invalid_arguments_raise_and_timeout_are_observations(make_agent):
+    calls = "\n".join([
+        format_call("no_such_tool", {}),
+        format_call("calculator", {"expr": "1+1"}),
+        format_call("explode", {"reason": "test"}),
+        format_call("hang", {"seconds": 5}),
+    ])
+    llm = ScriptedLLM({"plan": ["1. try things", "1. give up"], "act": [calls, "Those all failed."]})
+    result = make_agent(llm, tools=(explode, hang)).invoke("try the tools", kind="tool",)
+    by_name = {c["name"]: c for c in result.tool_calls}
+    assert set(by_name) == {"no_such_tool", "calculator", "explode", "hang"}
+    assert not any(c["ok"] for c in result.tool_calls)
+    assert "unknown tool" in by_name["no_such_tool"]["error"].lower()
+    assert "expression" in by_name["calculator"]["error"]
+    assert "kaboom" in by_name["explode"]["error"]
+    assert "timed out" in by_name["hang"]["error"].lower()
+    seen = _tool_messages(llm, 1)
+    assert "kaboom" in seen and "ERROR" in seen
+    assert result.status == "done"
+
+
+def test_all_calls_failing_triggers_a_bounded_replan(make_agent):
+    llm = ScriptedLLM({
+        "plan": ["1. explode", "1. use calculator instead"],
+        "act": [format_call("explode", {"reason": "a"}), format_call("calculator", {"expression": "6*7"}), "42"],
+    })
+    result = make_agent(llm, tools=(explode,)).invoke("compute 6*7", kind="tool")
+    assert len(llm.calls_for("plan")) == 2
+    assert "previous plan failed" in llm.calls_for("plan")[1].messages[-1].content
+    assert result.answer == "42"
+    llm.assert_complete()
+
+
+def test_step_budget_ends_a_loop_with_a_clear_message(make_agent):
+    llm = ScriptedLLM({"plan": ["1. loop"], "act": [format_call("calculator", {"expression": "1+1"})] * 3})
+    agent = make_agent(llm, agent={"max_steps": 3, "max_replans": 0})
+    result = agent.invoke("keep calculating", kind="tool")
+    assert result.status == "budget"
+    assert "step budget" in result.answer and "max_steps = 3" in result.answer
+    assert len(llm.calls_for("act")) == 3
+    llm.assert_complete()
+
+
+def test_unreadable_call_is_shown_to_the_model(make_agent):
+    llm = ScriptedLLM({"plan": ["1."], "act": ["<tool_call>\n{not json}\n</tool_call>", "Sorry, 2."]})
+    result = make_agent(llm).invoke("what is 1+1", kind="tool")
+    assert result.answer == "Sorry, 2."
+    assert "not valid JSON" in _tool_messages(llm, 1)
