@@ -49,6 +49,16 @@ class ToolPolicy:
     side_effects: bool = False
     filesystem: FilesystemScope = "none"
 
+    def __post_init__(self) -> None:
+        if self.approval not in ("never", "always", "side_effects"):
+            raise ConfigError(f"tool approval {self.approval!r} is not one of 'never', 'always', 'side_effects'")
+        if self.filesystem not in ("none", "workspace"):
+            raise ConfigError(f"tool filesystem {self.filesystem!r} is not one of 'none', 'workspace'")
+        for name in ("timeout_s", "memory_mb", "output_cap_bytes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"tool {name} must be positive (or None for the settings' default), got {value}")
+
     @classmethod
     def from_options(cls, owner: str, options: dict[str, Any]) -> ToolPolicy:
         """A policy from keyword options, with a ConfigError naming any option that is not a policy field."""

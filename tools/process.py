@@ -20,6 +20,7 @@ from typing import IO
 
 TERM_GRACE_S = 0.2
 DRAIN_S = 0.2  # how long to keep reading pipes a stray descendant may hold open
+EXIT_POLL_S = 0.05  # while the pipes are quiet, how often to check whether the child has exited
 _CHUNK = 65536
 
 
@@ -104,7 +105,10 @@ def _pump(proc: subprocess.Popen[bytes], data: bytes | None, capture: _Capture, 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return True
-            for key, _ in sel.select(remaining):
+            events = sel.select(min(remaining, EXIT_POLL_S))
+            if not events and _exited(proc.pid):
+                return False  # a descendant may hold the pipes open; what is left is drained after the kill
+            for key, _ in events:
                 if key.data is None and proc.stdin is not None:
                     pending = _feed(sel, proc.stdin, pending)
                     continue

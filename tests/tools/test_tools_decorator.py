@@ -120,6 +120,10 @@ def test_var_args_and_unknown_options_are_config_errors() -> None:
         tool(many)
     with pytest.raises(ConfigError, match="unknown tool option.*sandbox_mode"):
         tool(sandbox_mode=True)(add.fn)
+    with pytest.raises(ConfigError, match="approval 'sometimes' is not one of"):
+        tool(approval="sometimes")(add.fn)
+    with pytest.raises(ConfigError, match="timeout_s must be positive"):
+        tool(timeout_s=0)(add.fn)
     with pytest.raises(ConfigError, match="no network"):
         tool(sandboxed=True, network=True)(add.fn)
 

@@ -161,6 +161,17 @@ def test_timeout_kills_the_whole_process_group(sandbox: Sandbox, workspace: Path
     assert not (workspace / "late.txt").exists()
 
 
+def test_a_background_process_does_not_hold_the_run_open(sandbox: Sandbox, workspace: Path) -> None:
+    seconds = f"28.{uuid.uuid4().int % 10**6:06d}"
+    result = sh(sandbox, workspace, f"sleep {seconds} & echo started", timeout_s=5)
+    assert result.exit_code == 0 and result.stdout == "started\n" and not result.timed_out
+    assert result.elapsed_s < 2
+    deadline = time.monotonic() + 2
+    while _processes_with(f"sleep\x00{seconds}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(f"sleep\x00{seconds}") == []
+
+
 def test_output_cap_stops_the_child(sandbox: Sandbox, workspace: Path) -> None:
     result = sh(sandbox, workspace, "yes metagent", output_cap_bytes=4096, timeout_s=10)
     assert result.truncated and not result.timed_out
