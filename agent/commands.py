@@ -218,8 +218,12 @@ def _call_tool(registry: Any, settings: Settings, args: argparse.Namespace) -> i
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     from agent.doctor import report
 
-    table = Table("check", "value", show_header=False)
-    for key, value in report(settings).items():
-        table.add_row(key, str(value))
-    out.print(table)
+    rows = report(settings)
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():  # plain lines: greppable, never wrapped
+        if isinstance(value, list):
+            value = "; ".join(map(str, value))
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items())
+        print(f"{key:<{width}}  {value}")
     return EXIT_OK
