@@ -66,7 +66,10 @@ class DocumentStore:
         files: list[str] = []
         skipped: list[SkippedFile] = []
         chunks = 0
+        seen: set[str] = set()
         for item in walk_files(paths):
+            if isinstance(item, Path) and str(item) in seen:
+                continue  # named twice (a folder and a file in it): ingest once
             text = item if isinstance(item, SkippedFile) else read_text(item)
             if isinstance(text, SkippedFile):
                 skipped.append(text)
@@ -74,6 +77,7 @@ class DocumentStore:
                     progress(f"skipped {text.path}: {text.reason}")
                 continue
             source = str(item)
+            seen.add(source)
             added = self._ingest_text(source, text)
             files.append(source)
             chunks += added

@@ -172,7 +172,9 @@ def test_low_confidence_falls_back_to_a_constrained_llm_choice(embedder: MiniLME
     prompt = request.messages[-1].content
     assert "hello there, friend" in prompt
     assert all(f"- {k.name}: {k.description}" in prompt for k in builtin_kinds())
-    assert '"hello there!"' in prompt  # the chat example nearest the request is shown
+    assert "Request: hello there!\nKind: chat" in prompt  # the chat example nearest the request
+    assert prompt.endswith("Request: hello there, friend\nKind:")
+    assert prompt.count("\nKind: ") == 8  # two labelled examples per kind
     llm.assert_complete()
 
 

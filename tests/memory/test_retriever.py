@@ -108,6 +108,12 @@ def test_reingesting_a_file_replaces_its_chunks(docs: DocumentStore, tmp_path: P
     assert "oranges" in hit.text
 
 
+def test_a_file_named_twice_is_ingested_once(docs: DocumentStore, corpus: Path) -> None:
+    report = docs.ingest([corpus / "sub", corpus / "sub" / "bread.txt"])
+    assert sorted(Path(f).name for f in report.files) == ["bread.txt", "garden.html"]
+    assert report.chunks == docs.count()
+
+
 def test_remove_and_missing_paths(docs: DocumentStore, corpus: Path) -> None:
     docs.ingest([corpus / "design.md", corpus / "sub" / "bread.txt"])
     assert docs.remove(corpus / "design.md") >= 1
