@@ -3,7 +3,9 @@ except tool-call blocks, which surface as tool_call events instead."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +35,14 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         max_new_tokens=deps.settings.model.max_new_tokens,
     )
     reply = stream_reply(runtime, request)
+    usage = add_usage(state, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+    if reply.tool_calls and repeats_earlier_calls(reply, state):
+        # The model asks again for results it already has (small models loop like this): running the same
+        # calls again cannot help, so ask for the answer from what it has, with tools withdrawn.
+        reply = stream_reply(runtime, replace(request, tool_choice="none"))
+        usage = add_usage({**state, "usage": usage}, reply.usage.prompt_tokens, reply.usage.completion_tokens)
     steps = state.get("steps", 0) + 1
-    update: Update = {
-        "steps": steps,
-        "usage": add_usage(state, reply.usage.prompt_tokens, reply.usage.completion_tokens),
-    }
+    update: Update = {"steps": steps, "usage": usage}
     retry = _retry_reasons(reply)
     if retry:
         # Unreadable calls (possible only with constrained decoding off) or an empty reply: show the model
@@ -55,6 +60,13 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
     answer, citations = cite(reply.content, state.get("passages", []))
     return update | {"pending_calls": [], "answer": answer, "citations": citations}
+
+
+def repeats_earlier_calls(reply: LLMReply, state: AgentState) -> bool:
+    """Every call of the reply was already made in this run, with the same arguments, and succeeded."""
+    done = {(t["name"], json.dumps(t.get("arguments", {}), sort_keys=True))
+            for t in state.get("tool_trace", []) if t.get("ok")}
+    return all((c.name, json.dumps(c.arguments, sort_keys=True)) in done for c in reply.tool_calls)
 
 
 def _retry_reasons(reply: LLMReply) -> list[str]:

@@ -59,7 +59,8 @@ def test_all_calls_failing_triggers_a_bounded_replan(make_agent):
 
 
 def test_step_budget_ends_a_loop_with_a_clear_message(make_agent):
-    llm = ScriptedLLM({"plan": ["1. loop"], "act": [format_call("calculator", {"expression": "1+1"})] * 3})
+    steps = [format_call("calculator", {"expression": f"{n}+{n}"}) for n in range(3)]
+    llm = ScriptedLLM({"plan": ["1. loop"], "act": steps})
     agent = make_agent(llm, agent={"max_steps": 3, "max_replans": 0})
     result = agent.invoke("keep calculating", kind="tool")
     assert result.status == "budget"
@@ -73,3 +74,13 @@ def test_unreadable_call_is_shown_to_the_model(make_agent):
     result = make_agent(llm).invoke("what is 1+1", kind="tool")
     assert result.answer == "Sorry, 2."
     assert "not valid JSON" in _tool_messages(llm, 1)
+
+
+def test_a_repeated_call_gets_an_answer_instead_of_a_loop(make_agent):
+    again = format_call("calculator", {"expression": "6*7"})
+    llm = ScriptedLLM({"plan": ["1. calc"], "act": [again, again, "It is 42."]})
+    result = make_agent(llm).invoke("compute 6*7", kind="tool")
+    assert result.answer == "It is 42." and result.status == "done"
+    assert len(result.tool_calls) == 1  # the repeat never ran
+    assert llm.calls_for("act")[2].tool_choice == "none"
+    llm.assert_complete()
