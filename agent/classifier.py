@@ -182,10 +182,13 @@ def save_taught(path: Path, kinds: Sequence[TaskKind]) -> None:
     """Write what `kinds` add to or change in the built-ins to `path` (JSON, replaced atomically)."""
     builtins = {k.name: k for k in builtin_kinds()}
     records = [r for r in (_difference(k, builtins.get(k.name)) for k in kinds) if r is not None]
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"version": FILE_VERSION, "kinds": records}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": FILE_VERSION, "kinds": records}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot save taught task kinds to {path}: {e}") from e
 
 
 def _difference(kind: TaskKind, base: TaskKind | None) -> dict[str, Any] | None:
@@ -296,10 +299,13 @@ class TaskClassifier:
             else:
                 changes = {**checked, **({"description": description.strip()} if description else {})}
                 taught = replace(base, examples=_merge(base.examples, cleaned), **changes)
-            self._embed_kind(taught)
-            self._kinds[kind] = taught
+            # Embed and save before changing anything, so a failure leaves the classifier as it was.
+            vectors = self._vectors(taught.examples)
+            updated = {**self._kinds, kind: taught}
             if self.kinds_file is not None:
-                save_taught(self.kinds_file, list(self._kinds.values()))
+                save_taught(self.kinds_file, list(updated.values()))
+            self._kinds = updated
+            self._store_vectors(kind, vectors)
         return taught
 
     # -- internals --------------------------------------------------------------------------------------
@@ -323,9 +329,6 @@ class TaskClassifier:
         for kind in missing:
             self._store_vectors(kind.name, matrix[start : start + len(kind.examples)])
             start += len(kind.examples)
-
-    def _embed_kind(self, kind: TaskKind) -> None:
-        self._store_vectors(kind.name, self._vectors(kind.examples))
 
     def _store_vectors(self, name: str, vectors: Vector) -> None:
         mean = vectors.mean(axis=0)

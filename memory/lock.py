@@ -22,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from agent.errors import StoreLockedError
+from agent.errors import ConfigError, StoreLockedError
 
 OWNER_SUFFIX = ".owner"
 
@@ -44,11 +44,13 @@ class StoreLock:
 
     def acquire(self) -> None:
         """Take the lock, waiting up to `wait_s`; raise StoreLockedError naming the holder otherwise."""
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=max(self.wait_s, 0.0))
         except Timeout:
             raise StoreLockedError(self._locked_message()) from None
+        except OSError as e:
+            raise ConfigError(f"cannot create the store lock {self.lock_file}: {e}; check the data directory") from e
         self._write_owner()
 
     def release(self) -> None:

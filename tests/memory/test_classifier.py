@@ -241,3 +241,12 @@ def test_save_and_load_round_trip_through_settings(settings: Settings) -> None:
     save_taught(settings.kinds_file, [*builtin_kinds(), new])
     assert load_kinds(settings.kinds_file) == [*builtin_kinds(), new]
     assert json.loads(settings.kinds_file.read_text(encoding="utf-8"))["kinds"][0]["tools"] == ["python"]
+
+
+def test_a_failed_save_leaves_the_classifier_unchanged(embedder: MiniLMEmbedder, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    c = TaskClassifier(embedder, builtin_kinds(), None, kinds_file=blocker / "kinds.json")
+    with pytest.raises(ConfigError, match="cannot save taught task kinds"):
+        c.teach("sql", SQL_EXAMPLES)
+    assert [k.name for k in c.kinds()] == ["chat", "code", "docs", "tool"]

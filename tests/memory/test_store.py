@@ -125,3 +125,10 @@ def test_from_settings_uses_the_data_directory(settings: Settings) -> None:
         assert store.location == str(settings.chroma_dir)
         assert (settings.home / "store.lock").exists()
         assert settings.chroma_dir.is_dir()
+
+
+def test_unwritable_data_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot create the store lock"):
+        VectorStore.open(blocker / "chroma")
