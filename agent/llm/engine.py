@@ -1,0 +1,244 @@
+"""TransformersLLM: the in-process engine behind the `LLM` seam (transformers + torch).
+
+One resident model serves every session of the process. Requests are serialized by a lock: a request
+holds the model from prompt to last token (a stream holds it until it is exhausted or closed). Batching
+concurrent requests is future work.
+
+Prompts use the tokenizer's chat template. A template that speaks the Hermes <tool_call> format natively
+(it mentions `tools` and `<tool_call>`, e.g. Qwen2.5) gets the tools through `tools=`; any other (SmolLM2)
+gets them in the system message (`toolformat.with_tools`). `role="tool"` messages become user messages
+starting "Tool result:" when the template has no tool role.
+
+Adapters are PEFT LoRA directories, loaded on first use into the one base model (the base is never
+reloaded); a request names its adapter, `adapter=None` runs the base model with every adapter disabled.
+
+A call block that repeats an earlier one of the same reply ends the reply, and the repeat is dropped from
+`tool_calls` (it stays in `text`, which always equals the streamed deltas): small models loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from agent.config import Settings
+from agent.errors import LLMError
+from agent.llm.decoding import Generation, TextStream
+from agent.llm.grammar import Grammars
+from agent.llm.loading import Progress, load_model
+from agent.llm.toolformat import CALL_CLOSE, CALL_OPEN, parse_reply, with_tools
+from agent.types import LLMDelta, LLMReply, LLMRequest, Message, Usage
+
+# End-of-turn tokens of common chat formats: generation stops on any of them that the vocabulary has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+class TransformersLLM:
+    """Runs requests on a local transformers causal LM, with grammar-constrained tool calls and LoRA adapters.
+
+    Build it with `from_settings` (loads the configured model) or directly from a loaded model and tokenizer
+    (tests use a tiny random model). It does not batch, download weights, or truncate prompts: a prompt too
+    long for the context is an LLMError.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
+                 constrained: bool = True, name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.context_tokens = _context_tokens(model, tokenizer)
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._grammars = Grammars(tokenizer, vocab_size, sorted(self.stop_ids)) if constrained else None
+        template = str(getattr(tokenizer, "chat_template", "") or "")
+        self._native_tools = "tools" in template and CALL_OPEN in template
+        self._tool_role = "'tool'" in template or '"tool"' in template
+        self._adapter_paths: dict[str, Path] = dict(adapters or {})
+        self._peft: Any = None  # the PeftModel wrapping `model`, once an adapter is loaded
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, progress: Progress | None = None,
+                      adapters: Mapping[str, Path] | None = None) -> TransformersLLM:
+        loaded = load_model(settings, progress)
+        return cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
+                   name=loaded.name)
+
+    @property
+    def constrained(self) -> bool:
+        return self._grammars is not None
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self._adapter_paths)
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        """Make an adapter available to requests (loaded on first use)."""
+        with self._lock:
+            self._adapter_paths[name] = Path(path)
+
+    def complete(self, request: LLMRequest) -> LLMReply:
+        for item in self.stream(request):
+            if isinstance(item, LLMReply):
+                return item
+        raise LLMError("the engine produced no reply")  # unreachable: stream always ends with a reply
+
+    def stream(self, request: LLMRequest) -> Iterator[LLMDelta | LLMReply]:
+        """Text deltas as decoded (they join to the reply's `text`), then one LLMReply."""
+        with self._lock:
+            prompt_ids = self.prompt_ids(request)
+            constraint = self._grammars.for_request(request) if self._grammars is not None else None
+            generation = Generation(self.model, self.stop_ids, constraint)
+            text = TextStream(self.tokenizer)
+            calls: set[str] = set()
+            with self._adapter(request.adapter):
+                for token in generation.tokens(prompt_ids, request.max_new_tokens, request.temperature):
+                    delta = text.push(token)
+                    if delta:
+                        yield LLMDelta(delta)
+                    if _repeats_a_call(text.text, calls):
+                        generation.finish_reason = "stop"
+                        break
+            rest = text.finish()
+            if rest:
+                yield LLMDelta(rest)
+        usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(generation.token_ids))
+        yield _reply(text.text, request, usage, generation)
+
+    def render_prompt(self, request: LLMRequest) -> str:
+        """The prompt text exactly as the model sees it."""
+        messages = list(request.messages)
+        native = self._native_tools and bool(request.tools) and request.tool_choice != "none"
+        if not native:
+            messages = with_tools(messages, request.tools, request.tool_choice)
+        tools = [_openai_tool(t) for t in request.tools] if native else None
+        try:
+            prompt: str = self.tokenizer.apply_chat_template(
+                [self._message_dict(m) for m in messages], tools=tools, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as e:  # jinja TemplateError: e.g. a template that insists on alternating roles
+            raise LLMError(f"the model's chat template rejected the messages: {e}") from e
+        return prompt
+
+    def prompt_ids(self, request: LLMRequest) -> list[int]:
+        """The prompt's token ids; raises LLMError when prompt plus max_new_tokens exceed the context."""
+        ids: list[int] = self.tokenizer(self.render_prompt(request), add_special_tokens=False)["input_ids"]
+        if len(ids) + request.max_new_tokens > self.context_tokens:
+            raise LLMError(
+                f"the prompt is {len(ids)} tokens; with max_new_tokens={request.max_new_tokens} it exceeds the "
+                f"model's context of {self.context_tokens} tokens. Shorten the conversation (fewer history "
+                "messages, smaller tool results or documents) or lower max_new_tokens."
+            )
+        return ids
+
+    def _message_dict(self, message: Message) -> dict[str, str]:
+        if message.role == "tool" and not self._tool_role:
+            return {"role": "user", "content": f"Tool result:\n{message.content}"}
+        return message.to_dict()
+
+    def _adapter(self, name: str | None) -> AbstractContextManager[Any]:
+        """Activate adapter `name` for one request; None disables every adapter (the base model runs)."""
+        if name is None:
+            return nullcontext() if self._peft is None else self._peft.disable_adapter()
+        if name not in self._adapter_paths:
+            known = ", ".join(sorted(self._adapter_paths)) or "none installed"
+            raise LLMError(f"unknown adapter {name!r} (known adapters: {known}); see `metagent adapters list`")
+        loaded = self._peft is not None and name in self._peft.peft_config
+        if not loaded:
+            self._load_adapter(name, self._adapter_paths[name])
+        self._peft.set_adapter(name)
+        return nullcontext()
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        # PEFT injects the LoRA layers into `self.model`'s own modules: we keep calling `self.model`, and
+        # the active adapter (or none, under disable_adapter) takes effect there.
+        from peft import PeftModel
+
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        except Exception as e:  # missing/invalid adapter_config.json, weights of another base model...
+            raise LLMError(f"cannot load adapter {name!r} from {path}: {type(e).__name__}: {e}"[:600]) from e
+        self._peft.eval()
+
+
+def _reply(text: str, request: LLMRequest, usage: Usage, generation: Generation) -> LLMReply:
+    names = [t.name for t in request.tools]
+    cut = _cut_call_start(text) if generation.finish_reason == "length" else None
+    if cut is None:
+        return _unique_calls(parse_reply(text, names, usage, generation.finish_reason))
+    # max_new_tokens ran out inside a call: say so plainly instead of "invalid JSON".
+    reply = parse_reply(text[:cut], names, usage, "length")
+    error = (
+        f"the tool call was cut off: max_new_tokens ({request.max_new_tokens}) ran out before {CALL_CLOSE} "
+        f"({text[cut:][:200]!r}); make fewer or shorter calls, or raise max_new_tokens"
+    )
+    reply = replace(reply, text=text, finish_reason="length", parse_errors=(*reply.parse_errors, error))
+    return _unique_calls(reply)
+
+
+def _repeats_a_call(text: str, seen: set[str]) -> bool:
+    """True when the text just completed a call block identical to an earlier one in this reply.
+
+    Small models loop (the bundled one writes the same call over and over); the repeat ends the reply
+    and `_reply` drops it, which saves the tokens and a second run of the same tool.
+    """
+    if not text.endswith(CALL_CLOSE):
+        return False
+    block = text[text.rfind(CALL_OPEN):]
+    if block in seen:
+        return True
+    seen.add(block)
+    return False
+
+
+def _unique_calls(reply: LLMReply) -> LLMReply:
+    keys = [(c.name, json.dumps(c.arguments, sort_keys=True)) for c in reply.tool_calls]
+    unique = tuple(c for i, c in enumerate(reply.tool_calls) if keys[i] not in keys[:i])
+    return reply if len(unique) == len(reply.tool_calls) else replace(reply, tool_calls=unique)
+
+
+def _cut_call_start(text: str) -> int | None:
+    """Where an unfinished call starts: an open block, or a partial "<tool_call" where a call can begin."""
+    opened = text.rfind(CALL_OPEN)
+    if opened > text.rfind(CALL_CLOSE):
+        return opened
+    for size in range(len(CALL_OPEN) - 1, 0, -1):
+        start = len(text) - size
+        if text.endswith(CALL_OPEN[:size]) and (start == 0 or text[:start].rstrip().endswith(CALL_CLOSE)):
+            return start
+    return None
+
+
+def _openai_tool(spec: Any) -> dict[str, Any]:
+    return {"type": "function",
+            "function": {"name": spec.name, "description": spec.description, "parameters": spec.parameters}}
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    if not ids:
+        raise LLMError("the tokenizer and model name no end-of-sequence token; cannot tell when to stop")
+    return frozenset(ids)
+
+
+def _context_tokens(model: Any, tokenizer: Any) -> int:
+    configured = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    return int(min(getattr(tokenizer, "model_max_length", 4096), 1_000_000))
