@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.errors import AgentError, ConfigError
@@ -27,6 +27,9 @@ from agent.events import Event, Final, InterruptEvent, from_graph
 from agent.protocols import LLM, Embedder
 from agent.result import Approval, Result
 from agent.services import Progress, Services, build_services
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 DEFAULT_USER = "default"
 
@@ -172,15 +175,17 @@ class Agent:
         return Deps(settings=self.settings, llm=s.llm, classifier=s.classifier, broker=s.broker,
                     guards=s.guards, adapters=s.adapters, retriever=s.documents, episodes=s.episodes)
 
-    def _config(self, thread_id: str) -> dict[str, Any]:
+    def _config(self, thread_id: str) -> RunnableConfig:
+        # Each act step takes up to 4 graph steps (act, check_tool_calls, call_tools, check_tool_results).
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": 25 + 8 * self.settings.agent.max_steps}
 
     def _drive(self, graph_input: Any, thread_id: str) -> Iterator[Event]:
         config = self._config(thread_id)
         with self._lock:
-            for mode, chunk in self._graph.stream(graph_input, config, context=self._deps(),
-                                                  stream_mode=["custom", "updates"], durability="sync"):
-                if mode == "custom":
+            parts = self._graph.stream(graph_input, config, context=self._deps(),
+                                       stream_mode=["custom", "updates"], durability="sync")
+            for mode, chunk in parts:
+                if mode == "custom" and isinstance(chunk, dict):
                     event = from_graph(chunk)
                     if event is not None:
                         yield event

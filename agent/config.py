@@ -40,6 +40,10 @@ DEFAULT_INJECTION_PATTERNS = (
 )
 
 
+RedactKind = Literal["email", "phone", "card", "api_key"]
+REDACT_KINDS: tuple[RedactKind, ...] = ("email", "phone", "card", "api_key")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,9 +98,7 @@ class ToolSettings(_Section):
 class GuardSettings(_Section):
     injection_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_INJECTION_PATTERNS))
     blocked_input_patterns: list[str] = Field(default_factory=list)
-    redact: list[Literal["email", "phone", "card", "api_key"]] = Field(
-        default_factory=lambda: ["email", "phone", "card", "api_key"]
-    )
+    redact: list[RedactKind] = Field(default_factory=lambda: list(REDACT_KINDS))
     max_input_chars: int = Field(200_000, ge=1)
     max_tool_result_chars: int = Field(8000, ge=100)
     # What to do with a tool result or retrieved passage that looks like a prompt injection.
@@ -105,13 +107,13 @@ class GuardSettings(_Section):
 
 class Settings(_Section):
     home: Path = Field(default_factory=lambda: default_home())
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
-    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
-    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
-    memory: MemorySettings = Field(default_factory=MemorySettings)
-    tools: ToolSettings = Field(default_factory=ToolSettings)
-    guards: GuardSettings = Field(default_factory=GuardSettings)
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    agent: AgentSettings = Field(default_factory=lambda: AgentSettings())
+    classifier: ClassifierSettings = Field(default_factory=lambda: ClassifierSettings())
+    retrieval: RetrievalSettings = Field(default_factory=lambda: RetrievalSettings())
+    memory: MemorySettings = Field(default_factory=lambda: MemorySettings())
+    tools: ToolSettings = Field(default_factory=lambda: ToolSettings())
+    guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
     adapters: dict[str, str] = Field(default_factory=dict, description="task kind -> adapter name")
 
     # Paths inside the data directory. Nothing is created until a command needs it.

@@ -94,7 +94,7 @@ def offered_tools(kind: KindInfo, specs: Sequence[ToolSpec]) -> list[ToolSpec]:
         return list(specs)
     if not kind.tools:
         return []
-    wanted = set(kind.tools)  # type: ignore[arg-type]
+    wanted = set(kind.tools)
     return [s for s in specs if s.name in wanted]
 
 

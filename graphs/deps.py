@@ -18,18 +18,29 @@ from agent.types import ToolCall, ToolResult, ToolSpec, Verdict
 
 
 class KindInfo(Protocol):
-    name: str
-    description: str
-    retrieve: bool
-    plan: bool
-    tools: bool | Sequence[str]
-    require_tool: bool
+    """How a task kind is routed (read-only: kinds are frozen records)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def retrieve(self) -> bool: ...
+    @property
+    def plan(self) -> bool: ...
+    @property
+    def tools(self) -> bool | Sequence[str]: ...
+    @property
+    def require_tool(self) -> bool: ...
 
 
 class ClassificationInfo(Protocol):
-    kind: str
-    confidence: float
-    method: str
+    @property
+    def kind(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def method(self) -> str: ...
 
 
 class Classifier(Protocol):

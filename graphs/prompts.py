@@ -37,9 +37,9 @@ def act_messages(state: dict[str, Any], system: str, kind_description: str, hist
         parts.append(template("exemplars").format(exemplars=render_exemplars(state["exemplars"])))
     messages = [Message("system", "\n\n".join(parts))]
     history = state.get("history", [])[-history_limit:] if history_limit else []
-    messages += [Message(m["role"], m["content"]) for m in history]  # type: ignore[arg-type]
+    messages += [Message(m["role"], m["content"]) for m in history]
     messages.append(Message("user", state["request"]))
-    messages += [Message(m["role"], m["content"]) for m in state.get("scratch", [])]  # type: ignore[arg-type]
+    messages += [Message(m["role"], m["content"]) for m in state.get("scratch", [])]
     return tuple(messages)
 
 
