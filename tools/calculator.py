@@ -50,7 +50,7 @@ _ALLOWED = "numbers, + - * / // % **, parentheses, pi, e, " + ", ".join(f"{f}()"
 
 @tool
 def calculator(
-    expression: Annotated[str, Field(description="an arithmetic expression, e.g. '2 * (3 + 4) ** 2' or 'sqrt(2) / 3'")],
+    expression: Annotated[str, Field(description="the arithmetic expression to evaluate, written with numbers and + - * / ** ( )")],
 ) -> str:
     """Evaluate an arithmetic expression exactly and return the number. Use it for any arithmetic."""
     return format_number(evaluate(expression))

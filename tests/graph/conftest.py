@@ -22,6 +22,8 @@ def embedder() -> Any:
 
 
 MakeAgent = Callable[..., Agent]
+PROJECT_EXAMPLES = ["set up the project files", "organise my notes into folders", "prepare the weekly report",
+                    "migrate the config files", "clean up the build outputs"]
 
 
 @pytest.fixture
@@ -34,6 +36,9 @@ def make_agent(settings: Settings, embedder: Any) -> Iterator[MakeAgent]:
             s = s.model_copy(update={section: getattr(s, section).model_copy(update=values)})
         agent = Agent(s, llm=llm, tools=tools, embedder=embedder)
         agents.append(agent)
+        # A taught kind that plans and may use every tool: the route most tests exercise.
+        agent.services.classifier.teach("project", PROJECT_EXAMPLES, description="multi-step work with tools",
+                                        plan=True, tools=True, require_tool=True, retrieve=False)
         return agent
 
     yield make

@@ -59,7 +59,7 @@ def test_thread_is_resumed_and_pending_approval_asked_on_start(make_agent, works
     llm = ScriptedLLM({"plan": ["1."], "act": [format_call("write_file", {"path": "x.txt", "content": "1"}),
                                                "Done."]})
     agent = make_agent(llm)
-    agent.invoke("write x.txt", kind="tool", thread_id="resume-me")  # leaves an approval pending
+    agent.invoke("write x.txt", kind="project", thread_id="resume-me")  # leaves an approval pending
     out = run_repl(agent, ["n", "/quit"], thread="resume-me")
     assert "approval needed" in out and not (workspace / "x.txt").exists()
     assert "Done." in out

@@ -36,7 +36,7 @@ def test_tool_route_plans_calls_and_answers(make_agent):
         "plan": ["1. Use calculator on 17*23.\n2. Report the result."],
         "act": [format_call("calculator", {"expression": "17*23"}), "17 * 23 = 391."],
     })
-    result = make_agent(llm).invoke("what is 17*23?", kind="tool")
+    result = make_agent(llm).invoke("what is 17*23?", kind="project")
     assert result.status == "done"
     assert result.plan.startswith("1. Use calculator")
     assert [c["name"] for c in result.tool_calls] == ["calculator"]
@@ -47,6 +47,17 @@ def test_tool_route_plans_calls_and_answers(make_agent):
     assert first.tool_choice == "required" and second.tool_choice == "auto"
     assert any("391" in m.content for m in second.messages if m.role == "tool")
     assert result.usage["completion_tokens"] > 0
+    llm.assert_complete()
+
+
+def test_tool_kind_calls_a_tool_first_without_a_plan(make_agent):
+    llm = ScriptedLLM({"act": [format_call("calculator", {"expression": "17*23"}), "391"]})
+    result = make_agent(llm).invoke("what is 17*23?", kind="tool")
+    assert "make_plan" not in result.timings and result.plan == ""
+    first = llm.calls_for("act")[0]
+    assert first.tool_choice == "required"
+    assert {t.name for t in first.tools} == {"calculator", "python", "read_file", "write_file", "list_dir"}
+    assert result.tool_calls[0]["output"] == "391" and result.answer == "391"
     llm.assert_complete()
 
 
@@ -76,7 +87,7 @@ def test_stream_yields_typed_events_in_order(make_agent):
         "plan": ["1. calculator"],
         "act": [format_call("calculator", {"expression": "2+2"}), "The answer is 4."],
     })
-    events = list(make_agent(llm).stream("what is 2+2?", kind="tool"))
+    events = list(make_agent(llm).stream("what is 2+2?", kind="project"))
     kinds = [type(e) for e in events]
     assert kinds[0] is NodeStart and isinstance(events[-1], Final)
     assert TaskKind in kinds and ToolCallEvent in kinds and ToolResultEvent in kinds and NodeEnd in kinds

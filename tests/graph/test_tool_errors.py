@@ -33,7 +33,7 @@ def test_unknown_tool_invalid_arguments_raise_and_timeout_are_observations(make_
         format_call("hang", {"seconds": 5}),
     ])
     llm = ScriptedLLM({"plan": ["1. try things", "1. give up"], "act": [calls, "Those all failed."]})
-    result = make_agent(llm, tools=(explode, hang)).invoke("try the tools", kind="tool",)
+    result = make_agent(llm, tools=(explode, hang)).invoke("try the tools", kind="project",)
     by_name = {c["name"]: c for c in result.tool_calls}
     assert set(by_name) == {"no_such_tool", "calculator", "explode", "hang"}
     assert not any(c["ok"] for c in result.tool_calls)
@@ -51,7 +51,7 @@ def test_all_calls_failing_triggers_a_bounded_replan(make_agent):
         "plan": ["1. explode", "1. use calculator instead"],
         "act": [format_call("explode", {"reason": "a"}), format_call("calculator", {"expression": "6*7"}), "42"],
     })
-    result = make_agent(llm, tools=(explode,)).invoke("compute 6*7", kind="tool")
+    result = make_agent(llm, tools=(explode,)).invoke("compute 6*7", kind="project")
     assert len(llm.calls_for("plan")) == 2
     assert "previous plan failed" in llm.calls_for("plan")[1].messages[-1].content
     assert result.answer == "42"
@@ -62,7 +62,7 @@ def test_step_budget_ends_a_loop_with_a_clear_message(make_agent):
     steps = [format_call("calculator", {"expression": f"{n}+{n}"}) for n in range(3)]
     llm = ScriptedLLM({"plan": ["1. loop"], "act": steps})
     agent = make_agent(llm, agent={"max_steps": 3, "max_replans": 0})
-    result = agent.invoke("keep calculating", kind="tool")
+    result = agent.invoke("keep calculating", kind="project")
     assert result.status == "budget"
     assert "step budget" in result.answer and "max_steps = 3" in result.answer
     assert len(llm.calls_for("act")) == 3
@@ -71,7 +71,7 @@ def test_step_budget_ends_a_loop_with_a_clear_message(make_agent):
 
 def test_unreadable_call_is_shown_to_the_model(make_agent):
     llm = ScriptedLLM({"plan": ["1."], "act": ["<tool_call>\n{not json}\n</tool_call>", "Sorry, 2."]})
-    result = make_agent(llm).invoke("what is 1+1", kind="tool")
+    result = make_agent(llm).invoke("what is 1+1", kind="project")
     assert result.answer == "Sorry, 2."
     assert "not valid JSON" in _tool_messages(llm, 1)
 
@@ -79,7 +79,7 @@ def test_unreadable_call_is_shown_to_the_model(make_agent):
 def test_a_repeated_call_gets_an_answer_instead_of_a_loop(make_agent):
     again = format_call("calculator", {"expression": "6*7"})
     llm = ScriptedLLM({"plan": ["1. calc"], "act": [again, again, "It is 42."]})
-    result = make_agent(llm).invoke("compute 6*7", kind="tool")
+    result = make_agent(llm).invoke("compute 6*7", kind="project")
     assert result.answer == "It is 42." and result.status == "done"
     assert len(result.tool_calls) == 1  # the repeat never ran
     assert llm.calls_for("act")[2].tool_choice == "none"

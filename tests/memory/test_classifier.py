@@ -85,7 +85,8 @@ def test_builtin_kinds_are_complete() -> None:
     assert all(12 <= len(k.examples) <= 20 for k in kinds.values())
     assert kinds["chat"].tools is False and not kinds["chat"].plan and not kinds["chat"].retrieve
     assert kinds["docs"].retrieve and kinds["docs"].tools == ("search_docs",)
-    assert kinds["tool"].tools is True and kinds["tool"].require_tool
+    assert kinds["tool"].tools == ("calculator", "python", "read_file", "write_file", "list_dir")
+    assert kinds["tool"].require_tool and not kinds["tool"].plan
     assert kinds["code"].tools == ("python", "read_file", "write_file", "list_dir") and kinds["code"].require_tool
     held_out = {t for texts in HELD_OUT.values() for t in texts}
     assert not held_out & {e for k in kinds.values() for e in k.examples}
