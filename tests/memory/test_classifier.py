@@ -151,12 +151,12 @@ def test_teaching_a_builtin_kind_adds_examples_and_saves_only_the_difference(
     kinds_file = tmp_path / "kinds.json"
     c = TaskClassifier(embedder, load_kinds(kinds_file), None, kinds_file=kinds_file)
     before = len(c.kind("tool").examples)
-    kind = c.teach("tool", ["how much is 3 dozen eggs", "what is 17*23?"], plan=False)
+    kind = c.teach("tool", ["how much is 3 dozen eggs", "what is 17*23?"], plan=True)
     assert len(kind.examples) == before + 1  # the duplicate is not added twice
-    assert kind.plan is False and kind.require_tool is True
+    assert kind.plan is True and kind.require_tool is True
     saved = json.loads(kinds_file.read_text(encoding="utf-8"))
     assert saved == {"version": 1, "kinds": [{"name": "tool", "examples": ["how much is 3 dozen eggs"],
-                                               "plan": False}]}
+                                               "plan": True}]}
     assert {k.name: k for k in load_kinds(kinds_file)}["tool"] == kind
 
 
