@@ -39,12 +39,11 @@ class Generation:
         from transformers import DynamicCache
 
         device = self._model.device
-        # The cache is updated in place; transformers renamed its argument (past_key_values -> cache) in 5.x.
-        cache = {_cache_argument(self._model): DynamicCache(config=self._model.config)}
+        extra = _forward_arguments(self._model, DynamicCache(config=self._model.config))
         with torch.inference_mode():
             inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
             for _ in range(max_new_tokens):
-                out = self._model(input_ids=inputs, use_cache=True, logits_to_keep=1, **cache)
+                out = self._model(input_ids=inputs, use_cache=True, **extra)
                 token = self._choose(out.logits[0, -1].float().contiguous(), temperature)
                 self.token_ids.append(token)
                 if token in self._stop_ids:
@@ -85,9 +84,14 @@ def _choose_numpy(logits: Any, temperature: float) -> int:
     return int(rng.choice(len(probs), p=probs / probs.sum()))
 
 
-def _cache_argument(model: Any) -> str:
+def _forward_arguments(model: Any, cache: Any) -> dict[str, Any]:
+    """The cache (updated in place; transformers renamed its argument from past_key_values to cache in 5.x),
+    and logits for the last position only where the model supports it (saves the LM head on the prompt)."""
     parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    extra: dict[str, Any] = {"cache" if "cache" in parameters else "past_key_values": cache}
+    if "logits_to_keep" in parameters:
+        extra["logits_to_keep"] = 1
+    return extra
 
 
 class TextStream:

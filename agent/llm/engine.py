@@ -96,14 +96,20 @@ class TransformersLLM:
             generation = Generation(self.model, self.stop_ids, constraint)
             text = TextStream(self.tokenizer)
             calls: set[str] = set()
-            with self._adapter(request.adapter):
-                for token in generation.tokens(prompt_ids, request.max_new_tokens, request.temperature):
-                    delta = text.push(token)
-                    if delta:
-                        yield LLMDelta(delta)
-                    if _repeats_a_call(text.text, calls):
-                        generation.finish_reason = "stop"
-                        break
+            try:
+                with self._adapter(request.adapter):
+                    for token in generation.tokens(prompt_ids, request.max_new_tokens, request.temperature):
+                        delta = text.push(token)
+                        if delta:
+                            yield LLMDelta(delta)
+                        if _repeats_a_call(text.text, calls):
+                            generation.finish_reason = "stop"
+                            break
+            except Exception as e:
+                if type(e).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
+                    raise
+                raise LLMError(f"the model ran out of memory on a {len(prompt_ids)}-token prompt; shorten the "
+                               "conversation, lower max_new_tokens, or use a smaller model") from e
             rest = text.finish()
             if rest:
                 yield LLMDelta(rest)
@@ -127,6 +133,8 @@ class TransformersLLM:
 
     def prompt_ids(self, request: LLMRequest) -> list[int]:
         """The prompt's token ids; raises LLMError when prompt plus max_new_tokens exceed the context."""
+        if request.max_new_tokens < 1:
+            raise LLMError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
         ids: list[int] = self.tokenizer(self.render_prompt(request), add_special_tokens=False)["input_ids"]
         if len(ids) + request.max_new_tokens > self.context_tokens:
             raise LLMError(

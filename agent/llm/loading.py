@@ -279,15 +279,26 @@ def _prune(cache_dir: Path, stem: str) -> None:
 @contextmanager
 def _no_progress_bars() -> Iterator[None]:
     """transformers' tqdm bars would interrupt the chat REPL; our progress callback reports instead."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    # The GGUF de-quantizing loop uses plain tqdm, which ignores the setting above.
+    gguf_bar = getattr(gguf_utils, "tqdm", None)
+    if gguf_bar is not None:
+        setattr(gguf_utils, "tqdm", _no_bar)  # noqa: B010
     try:
         yield
     finally:
         if enabled:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+        if gguf_bar is not None:
+            setattr(gguf_utils, "tqdm", gguf_bar)  # noqa: B010
+
+
+def _no_bar(iterable: Any, *_args: Any, **_kwargs: Any) -> Any:
+    return iterable
 
 
 def _brief(error: BaseException) -> str:

@@ -187,3 +187,31 @@ def test_an_abandoned_stream_releases_the_model(tiny_llm: TransformersLLM) -> No
     done = threading.Event()
     threading.Thread(target=lambda: (tiny_llm.complete(ask(max_new_tokens=2)), done.set()), daemon=True).start()
     assert done.wait(timeout=30)
+
+
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {% for t in tools %}{{ t.function.name }} {% endfor %}"
+    "Call them as <tool_call>{json}</tool_call>.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}"
+    "</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_with_native_tools_gets_them_natively(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    import copy
+
+    hermes = copy.copy(tokenizer)
+    hermes.chat_template = HERMES_TEMPLATE
+    llm = TransformersLLM(tiny_model(0), hermes)
+    request = LLMRequest("act", (Message("user", "2+2?"), Message("tool", "4")), tools=(LOOKUP,))
+    prompt = llm.render_prompt(request)
+    assert prompt.startswith("<|im_start|>system\nTools: lookup Call them as <tool_call>")
+    assert "You can call tools" not in prompt  # toolformat's section is for templates without tools
+    assert "<tool_response>4</tool_response>" in prompt and "Tool result:" not in prompt
+    assert_valid_calls(llm.complete(ask(tools=(LOOKUP,), tool_choice="required", max_new_tokens=300)), (LOOKUP,))
+
+
+def test_max_new_tokens_below_one_is_an_llm_error(tiny_llm: TransformersLLM) -> None:
+    with pytest.raises(LLMError, match="max_new_tokens must be at least 1"):
+        tiny_llm.complete(ask(max_new_tokens=0))
