@@ -41,6 +41,8 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         # calls again cannot help, so ask for the answer from what it has, with tools withdrawn.
         reply = stream_reply(runtime, replace(request, tool_choice="none"))
         usage = add_usage({**state, "usage": usage}, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        if reply.tool_calls or not reply.content.strip():
+            reply = replace(reply, tool_calls=(), content=last_results_answer(state))
     steps = state.get("steps", 0) + 1
     update: Update = {"steps": steps, "usage": usage}
     retry = _retry_reasons(reply)
@@ -67,6 +69,14 @@ def repeats_earlier_calls(reply: LLMReply, state: AgentState) -> bool:
     done = {(t["name"], json.dumps(t.get("arguments", {}), sort_keys=True))
             for t in state.get("tool_trace", []) if t.get("ok")}
     return all((c.name, json.dumps(c.arguments, sort_keys=True)) in done for c in reply.tool_calls)
+
+
+def last_results_answer(state: AgentState) -> str:
+    """The answer of last resort when the model will only repeat itself: what its tools returned."""
+    done = [t for t in state.get("tool_trace", []) if t.get("ok")]
+    lines = [f"{t['name']}({json.dumps(t.get('arguments', {}), ensure_ascii=False)}) returned: {t['output']}"
+             for t in done[-3:]]
+    return "\n".join(lines)
 
 
 def _retry_reasons(reply: LLMReply) -> list[str]:

@@ -84,3 +84,11 @@ def test_a_repeated_call_gets_an_answer_instead_of_a_loop(make_agent):
     assert len(result.tool_calls) == 1  # the repeat never ran
     assert llm.calls_for("act")[2].tool_choice == "none"
     llm.assert_complete()
+
+
+def test_a_model_that_only_repeats_itself_gets_its_tool_results_as_the_answer(make_agent):
+    again = format_call("calculator", {"expression": "6*7"})
+    llm = ScriptedLLM({"plan": ["1. calc"], "act": [again, again, again]})
+    result = make_agent(llm).invoke("compute 6*7", kind="project")
+    assert result.status == "done"
+    assert 'calculator({"expression": "6*7"}) returned: 42' in result.answer
