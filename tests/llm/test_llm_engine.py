@@ -16,7 +16,8 @@ from agent.protocols import LLM
 from agent.types import Constraint, LLMDelta, LLMReply, LLMRequest, Message, ToolSpec
 from tests.llm.conftest import TinyFactory
 
-# Schemas a random model can finish: strings are length-bounded, numbers ranged, arrays capped.
+# Schemas a random model can finish: strings are length-bounded, numbers ranged, arrays capped. Token budgets
+# cover the worst case (MAX_CALLS_PER_REPLY calls spelled one character per token), so no seed can run out.
 LOOKUP = ToolSpec("lookup", "Look a word up.", {
     "type": "object", "properties": {"word": {"type": "string", "maxLength": 6}}, "required": ["word"],
 })
@@ -84,7 +85,7 @@ def test_stream_yields_deltas_that_join_to_the_reply_complete_returns(tiny_llm: 
 def test_random_model_makes_only_valid_calls(tiny_model: TinyFactory, tokenizer: Any, seed: int,
                                              tools: tuple[ToolSpec, ...], temperature: float) -> None:
     llm = TransformersLLM(tiny_model(seed), tokenizer)
-    reply = llm.complete(ask("Call something.", tools=tools, tool_choice="required", max_new_tokens=600,
+    reply = llm.complete(ask("Call something.", tools=tools, tool_choice="required", max_new_tokens=1000,
                              temperature=temperature))
     assert_valid_calls(reply, tools)
     assert len(reply.tool_calls) <= MAX_CALLS_PER_REPLY
@@ -209,7 +210,7 @@ def test_a_template_with_native_tools_gets_them_natively(tiny_model: TinyFactory
     assert prompt.startswith("<|im_start|>system\nTools: lookup Call them as <tool_call>")
     assert "You can call tools" not in prompt  # toolformat's section is for templates without tools
     assert "<tool_response>4</tool_response>" in prompt and "Tool result:" not in prompt
-    assert_valid_calls(llm.complete(ask(tools=(LOOKUP,), tool_choice="required", max_new_tokens=300)), (LOOKUP,))
+    assert_valid_calls(llm.complete(ask(tools=(LOOKUP,), tool_choice="required", max_new_tokens=600)), (LOOKUP,))
 
 
 def test_max_new_tokens_below_one_is_an_llm_error(tiny_llm: TransformersLLM) -> None:
