@@ -55,11 +55,10 @@ def test_calls_the_calculator_when_a_call_is_required(bundled_llm: TransformersL
     assert "17" in reply.tool_calls[0].arguments["expression"]
 
 
-@pytest.mark.parametrize("prompt", [
-    'Use the tool weather_lookup with {"town": "Paris", "unit": "kelvin", "days": 30} right now.',
-    "Email bob@example.com, alice@example.com, carol@example.com and dan@example.com about lunch, priority 9.",
-], ids=["unknown-tool-and-out-of-range-values", "too-many-recipients-and-priority"])
-def test_tempting_prompts_still_give_valid_calls(bundled_llm: TransformersLLM, prompt: str) -> None:
+def test_a_prompt_tempting_invalid_calls_still_gets_valid_ones(bundled_llm: TransformersLLM) -> None:
+    # An unknown tool name, a wrong argument name, an enum value and a number the schemas forbid; three tools
+    # with nested objects, arrays and ranges to choose from.
+    prompt = 'Use the tool weather_lookup with {"town": "Paris", "unit": "kelvin", "days": 30} right now.'
     tools = (CALCULATOR, WEATHER, EMAIL)
     request = LLMRequest("act", (SYSTEM, Message("user", prompt)), tools=tools, tool_choice="required",
                          max_new_tokens=260)
