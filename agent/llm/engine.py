@@ -78,9 +78,11 @@ class TransformersLLM:
         return sorted(self._adapter_paths)
 
     def add_adapter(self, name: str, path: Path) -> None:
-        """Make an adapter available to requests (loaded on first use)."""
+        """Make an adapter available to requests (loaded on first use); a retrained one replaces its namesake."""
         with self._lock:
             self._adapter_paths[name] = Path(path)
+            if self._peft is not None and name in self._peft.peft_config:
+                self._peft.delete_adapter(name)  # the next request with it loads the new weights
 
     def complete(self, request: LLMRequest) -> LLMReply:
         for item in self.stream(request):

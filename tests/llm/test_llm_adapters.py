@@ -104,6 +104,8 @@ def test_engine_swaps_adapters_on_one_base_model(tiny_model: TinyFactory, tokeni
     assert llm.model is model and model.get_input_embeddings().weight is embedding  # never reloaded
     with pytest.raises(LLMError, match="unknown adapter 'three'.*one, two"):
         llm.complete(ask("three"))
+    llm.add_adapter("one", adapters["two"])  # retrained: replaces the loaded adapter of that name
+    assert llm.complete(ask("one")).text == two and llm.complete(ask(None)).text == base
 
 
 def test_registry_paths_feed_the_engine(settings: Settings, tiny_model: TinyFactory, tokenizer: Any) -> None:
