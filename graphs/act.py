@@ -34,7 +34,7 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         adapter=state.get("adapter"),
         max_new_tokens=deps.settings.model.max_new_tokens,
     )
-    reply = stream_reply(runtime, request)
+    reply = without_calls_if_no_tools(stream_reply(runtime, request), request)
     usage = add_usage(state, reply.usage.prompt_tokens, reply.usage.completion_tokens)
     if reply.tool_calls and repeats_earlier_calls(reply, state):
         # The model asks again for results it already has (small models loop like this): running the same
@@ -44,7 +44,7 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         if reply.tool_calls or not reply.content.strip():
             reply = replace(reply, tool_calls=(), content=last_results_answer(state))
     steps = state.get("steps", 0) + 1
-    update: Update = {"steps": steps, "usage": usage}
+    update: Update = {"steps": steps, "usage": usage, "offered_tools": [t.name for t in tools]}
     retry = _retry_reasons(reply)
     if retry:
         # Unreadable calls (possible only with constrained decoding off) or an empty reply: show the model
@@ -62,6 +62,13 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
     answer, citations = cite(reply.content, state.get("passages", []))
     return update | {"pending_calls": [], "answer": answer, "citations": citations}
+
+
+def without_calls_if_no_tools(reply: LLMReply, request: LLMRequest) -> LLMReply:
+    """With no tools offered, call blocks the model writes anyway are text, never calls that could run."""
+    if request.tool_choice != "none" or not reply.tool_calls:
+        return reply
+    return replace(reply, tool_calls=())
 
 
 def repeats_earlier_calls(reply: LLMReply, state: AgentState) -> bool:

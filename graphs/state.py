@@ -26,6 +26,7 @@ class AgentState(TypedDict, total=False):
     plan: str
     replans: int
     scratch: list[dict[str, str]]  # this run's assistant calls and tool results, as messages
+    offered_tools: list[str]  # the tools the last act step offered (only these may run)
     pending_calls: list[dict[str, Any]]  # calls from the last act step, not yet run
     approved_calls: list[dict[str, Any]]  # calls cleared by check_tool_calls
     step_results: list[dict[str, Any]]  # results of the current step, in call order
@@ -56,6 +57,7 @@ def new_run(request: str, run_id: str, user_id: str, forced_kind: str | None = N
         plan="",
         replans=0,
         scratch=[],
+        offered_tools=[],
         pending_calls=[],
         approved_calls=[],
         step_results=[],

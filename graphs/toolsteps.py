@@ -29,8 +29,14 @@ def check_tool_calls(state: AgentState, runtime: Runtime[Deps]) -> Update:
     cleared: list[dict[str, Any]] = []
     settled: dict[str, dict[str, Any]] = {}  # call id -> result decided here (invalid, blocked, denied)
     asks: list[dict[str, Any]] = []
+    offered = state.get("offered_tools", [])
     for raw in state.get("pending_calls", []):
         call = ToolCall(raw["id"], raw["name"], raw["arguments"])
+        if call.name not in offered:
+            # Only the tools offered for this task kind may run, whatever else is registered.
+            settled[call.id] = {**_failed(call, f"tool {call.name!r} is not available here; the tools you can "
+                                                f"call are: {', '.join(offered) or 'none'}"), "stopped": False}
+            continue
         invalid = deps.broker.validate(call)
         if invalid is not None:
             settled[call.id] = invalid.to_dict()

@@ -107,3 +107,19 @@ def test_async_faces(make_agent):
     answer, events = asyncio.run(go())
     assert answer == "one"
     assert isinstance(events[-1], Final) and events[-1].result.answer == "two"
+
+
+def test_only_offered_tools_can_run(make_agent, workspace):
+    # chat offers no tools: a call block the model writes anyway is text, and nothing runs
+    llm = ScriptedLLM({"act": ["Sure. " + format_call("write_file", {"path": "x.txt", "content": "1"})]})
+    result = make_agent(llm).invoke("hello", kind="chat")
+    assert result.tool_calls == [] and not (workspace / "x.txt").exists()
+    assert result.answer == "Sure."
+
+
+def test_a_call_to_a_tool_not_offered_is_an_observation(make_agent):
+    # docs offers search_docs only: a call to calculator comes back as an error naming what is available
+    llm = ScriptedLLM({"act": [format_call("calculator", {"expression": "1+1"}), "I can only search."]})
+    result = make_agent(llm).invoke("what do my notes say about x?", kind="docs")
+    assert not result.tool_calls[0]["ok"] and "search_docs" in result.tool_calls[0]["error"]
+    assert result.answer.startswith("I can only search.")
