@@ -50,7 +50,9 @@ _ALLOWED = "numbers, + - * / // % **, parentheses, pi, e, " + ", ".join(f"{f}()"
 
 @tool
 def calculator(
-    expression: Annotated[str, Field(description="the arithmetic expression to evaluate, written with numbers and + - * / ** ( )")],
+    expression: Annotated[
+        str, Field(description="the arithmetic expression to evaluate, written with numbers and + - * / ** ( )")
+    ],
 ) -> str:
     """Evaluate an arithmetic expression exactly and return the number. Use it for any arithmetic."""
     return format_number(evaluate(expression))
