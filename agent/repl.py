@@ -18,6 +18,8 @@ from agent.events import (
     Event,
     Final,
     InterruptEvent,
+    NodeEnd,
+    NodeStart,
     Plan,
     TaskKind,
     Token,
@@ -94,6 +96,8 @@ class Repl:
                     live.start()
                 live.update(Markdown(answer))
                 continue
+            if isinstance(event, (NodeStart, NodeEnd)):
+                continue  # nothing to show; keep the streamed answer live until the Final replaces it
             if live is not None and not isinstance(event, Final):
                 live.stop()
                 live, answer = None, ""

@@ -27,8 +27,7 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
     tools = offered_tools(kind, deps.broker.specs())
     request = LLMRequest(
         purpose="act",
-        messages=act_messages(dict(state), deps.settings.agent.system_prompt, kind.description,
-                              deps.settings.agent.history_messages),
+        messages=act_messages(dict(state), deps.settings.agent.system_prompt, deps.settings.agent.history_messages),
         tools=tuple(tools),
         tool_choice=tool_choice(kind, state, bool(tools)),
         adapter=state.get("adapter"),

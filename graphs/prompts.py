@@ -24,11 +24,11 @@ def plan_messages(system: str, request: str, tool_names: list[str]) -> tuple[Mes
     return (Message("system", system), Message("user", body))
 
 
-def act_messages(state: dict[str, Any], system: str, kind_description: str, history_limit: int
-                 ) -> tuple[Message, ...]:
+def act_messages(state: dict[str, Any], system: str, history_limit: int) -> tuple[Message, ...]:
     """System prompt with kind, plan, sources and exemplars; the thread's history; the request; this run's
     tool calls and results."""
-    parts = [system, f"Task kind: {state.get('task_kind', '')} ({kind_description})."]
+    # The task kind routes the run; it is not shown to the model (a small model parrots the kind's description).
+    parts = [system]
     if state.get("plan"):
         parts.append(f"Plan:\n{state['plan']}")
     if state.get("passages"):
