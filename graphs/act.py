@@ -79,10 +79,12 @@ def repeats_earlier_calls(reply: LLMReply, state: AgentState) -> bool:
 
 def last_results_answer(state: AgentState) -> str:
     """The answer of last resort when the model will only repeat itself: what its tools returned."""
-    done = [t for t in state.get("tool_trace", []) if t.get("ok")]
-    lines = [f"{t['name']}({json.dumps(t.get('arguments', {}), ensure_ascii=False)}) returned: {t['output']}"
-             for t in done[-3:]]
-    return "\n".join(lines)
+    lines: list[str] = []
+    for t in state.get("tool_trace", []):
+        line = f"- {t['name']}({json.dumps(t.get('arguments', {}), ensure_ascii=False)}) returned: {t['output']}"
+        if t.get("ok") and line not in lines:
+            lines.append(line)
+    return "\n".join(lines[-3:])
 
 
 def _retry_reasons(reply: LLMReply) -> list[str]:

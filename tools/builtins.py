@@ -3,6 +3,8 @@ and recall."""
 
 from __future__ import annotations
 
+import ast
+
 import signal
 import sys
 from typing import Annotated
@@ -55,9 +57,34 @@ class PythonTool:
             timeout_s=ctx.timeout_s,
             memory_mb=ctx.memory_mb,
             output_cap_bytes=ctx.output_cap_bytes,
-            stdin=args.code,
+            stdin=echo_last_expression(args.code),
         )
         return report(result, ctx.timeout_s)
+
+
+def echo_last_expression(code: str) -> str:
+    """Like an interactive session: when the program ends with an expression, print its value too.
+
+    Models (and people) often write `17 * 23` or `sorted(data)` and expect to see the result. The lines before
+    the expression are left exactly as written, so error line numbers still match the code.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code  # the sandboxed interpreter reports it, with the line
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        return code
+    call = last.value
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print":
+        return code
+    segment = ast.get_source_segment(code, last)
+    if segment is None:
+        return code
+    head = "".join(code.splitlines(keepends=True)[: last.lineno - 1]) + code.splitlines()[last.lineno - 1][
+        : last.col_offset]
+    return (f"{head}__value = ({segment})\n"
+            "if __value is not None:\n    print(repr(__value))\n")
 
 
 def report(result: SandboxResult, timeout_s: float) -> str:

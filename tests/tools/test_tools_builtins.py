@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.config import ToolSettings
 from agent.types import Episode, Passage, ToolCall
 from tools import Broker, ToolRegistry, builtin_tools
@@ -73,3 +75,28 @@ def test_recall_is_scoped_to_the_calling_user(tmp_path: Path) -> None:
     other = broker.call(ToolCall("2", "recall", {"query": "2+2"}), user_id="bob")
     assert other.output == "no similar earlier requests from this user"
     assert "ctx" not in broker.specs()[-1].parameters["properties"]
+
+
+@pytest.mark.parametrize(("code", "echoed"), [
+    ("17*23", True),
+    ("x = 2\nx * 3", True),
+    ("import os; os.getcwd()", True),
+    ("print(1)", False),
+    ("x = 1", False),
+    ("for i in range(2):\n    i", False),
+    ("def f(:\n", False),  # a syntax error goes to the interpreter unchanged, which reports it
+])
+def test_python_echoes_a_final_expression(code: str, echoed: bool) -> None:
+    from tools.builtins import echo_last_expression
+
+    out = echo_last_expression(code)
+    assert ("print(repr(__value))" in out) is echoed
+    if echoed:
+        namespace: dict[str, object] = {}
+        import contextlib
+        import io
+
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            exec(out, namespace)  # noqa: S102 - trusted test input, checks the rewrite runs
+        assert buffer.getvalue().strip() != ""
