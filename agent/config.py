@@ -54,6 +54,9 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = Field(384, ge=1, le=32768)
     constrained: bool = True
+    repetition_penalty: float = Field(
+        1.15, ge=1.0, le=3.0, description="penalty on tokens already generated, free text only; 1.0 = off"
+    )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
 

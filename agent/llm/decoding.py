@@ -27,10 +27,12 @@ class Generation:
     what `completion_tokens` counts); `tokens()` yields only the text tokens.
     """
 
-    def __init__(self, model: Any, stop_ids: frozenset[int], constraint: TokenConstraint | None = None) -> None:
+    def __init__(self, model: Any, stop_ids: frozenset[int], constraint: TokenConstraint | None = None,
+                 repetition_penalty: float = 1.0) -> None:
         self._model = model
         self._stop_ids = stop_ids
         self._constraint = constraint
+        self._penalty = repetition_penalty
         self.token_ids: list[int] = []
         self.finish_reason: FinishReason = "length"
 
@@ -60,6 +62,8 @@ class Generation:
     def _choose(self, logits: torch.Tensor, temperature: float) -> int:
         if self._constraint is not None:
             self._constraint.mask(logits)
+        elif self._penalty != 1.0 and self.token_ids:
+            penalize(logits, self.token_ids, self._penalty)
         if logits.device.type == "cpu":
             # numpy, single-threaded: see TokenConstraint on small torch ops on a busy CPU.
             return _choose_numpy(logits.numpy(), temperature)
@@ -69,6 +73,19 @@ class Generation:
             return int(torch.argmax(logits).item())
         probs = torch.softmax(logits / temperature, dim=-1)
         return int(torch.multinomial(probs, num_samples=1).item())
+
+
+def penalize(logits: torch.Tensor, seen: Sequence[int], penalty: float) -> None:
+    """The CTRL repetition penalty (as transformers applies it) over the tokens generated so far, in place.
+
+    Only for free text: under a grammar, JSON punctuation must repeat, and penalising it would bend calls.
+    Prompt tokens are not penalised, so an answer can still quote its sources.
+    """
+    import torch
+
+    ids = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)
+    picked = logits[ids]
+    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
 
 
 def _choose_numpy(logits: Any, temperature: float) -> int:

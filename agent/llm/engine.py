@@ -61,13 +61,16 @@ class TransformersLLM:
         self._adapter_paths: dict[str, Path] = dict(adapters or {})
         self._peft: Any = None  # the PeftModel wrapping `model`, once an adapter is loaded
         self._lock = threading.Lock()
+        self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
     def from_settings(cls, settings: Settings, progress: Progress | None = None,
                       adapters: Mapping[str, Path] | None = None) -> TransformersLLM:
         loaded = load_model(settings, progress)
-        return cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
-                   name=loaded.name)
+        llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
+                  name=loaded.name)
+        llm.repetition_penalty = settings.model.repetition_penalty
+        return llm
 
     @property
     def constrained(self) -> bool:
@@ -95,7 +98,7 @@ class TransformersLLM:
         with self._lock:
             prompt_ids = self.prompt_ids(request)
             constraint = self._grammars.for_request(request) if self._grammars is not None else None
-            generation = Generation(self.model, self.stop_ids, constraint)
+            generation = Generation(self.model, self.stop_ids, constraint, self.repetition_penalty)
             text = TextStream(self.tokenizer)
             calls: set[str] = set()
             try:

@@ -216,3 +216,13 @@ def test_a_template_with_native_tools_gets_them_natively(tiny_model: TinyFactory
 def test_max_new_tokens_below_one_is_an_llm_error(tiny_llm: TransformersLLM) -> None:
     with pytest.raises(LLMError, match="max_new_tokens must be at least 1"):
         tiny_llm.complete(ask(max_new_tokens=0))
+
+
+def test_repetition_penalty_lowers_only_tokens_already_generated() -> None:
+    import torch
+
+    from agent.llm.decoding import penalize
+
+    logits = torch.tensor([2.0, -2.0, 2.0, 1.0])
+    penalize(logits, [0, 1, 1], 2.0)
+    assert logits.tolist() == [1.0, -4.0, 2.0, 1.0]  # positive halved, negative doubled, others untouched
