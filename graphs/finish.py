@@ -8,20 +8,14 @@ from langgraph.runtime import Runtime
 
 from agent.types import Episode
 from graphs.deps import Deps
-from graphs.nodes import Update, add_verdict
+from graphs.nodes import Update, apply_verdict
 from graphs.state import AgentState
 
 HISTORY_CHARS = 4000  # per stored turn: keeps a pasted megabyte out of every later prompt
 
 
 def check_output(state: AgentState, runtime: Runtime[Deps]) -> Update:
-    verdict = runtime.context.guards.check_output(state.get("answer", ""))
-    update: Update = {"verdicts": add_verdict(state, runtime, verdict)}
-    if verdict.action == "block":
-        update["status"] = "blocked"
-    elif verdict.action == "redact" and verdict.text is not None:
-        update["answer"] = verdict.text
-    return update
+    return apply_verdict(state, runtime, runtime.context.guards.check_output(state.get("answer", "")), "answer")
 
 
 def record_episode(state: AgentState, runtime: Runtime[Deps]) -> Update:

@@ -34,14 +34,18 @@ def add_usage(state: AgentState, prompt_tokens: int, completion_tokens: int) -> 
     return usage
 
 
-def check_input(state: AgentState, runtime: Runtime[Deps]) -> Update:
-    verdict = runtime.context.guards.check_input(state["request"])
+def apply_verdict(state: AgentState, runtime: Runtime[Deps], verdict: Verdict, field: str) -> Update:
+    """Record a verdict on a text field of the state: a block stops the run, a redaction replaces the text."""
     update: Update = {"verdicts": add_verdict(state, runtime, verdict)}
     if verdict.action == "block":
         update["status"] = "blocked"
     elif verdict.action == "redact" and verdict.text is not None:
-        update["request"] = verdict.text
+        update[field] = verdict.text
     return update
+
+
+def check_input(state: AgentState, runtime: Runtime[Deps]) -> Update:
+    return apply_verdict(state, runtime, runtime.context.guards.check_input(state["request"]), "request")
 
 
 def classify_task(state: AgentState, runtime: Runtime[Deps]) -> Update:
