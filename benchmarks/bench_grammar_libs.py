@@ -147,4 +147,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import recorded
+
+    with recorded("bench_grammar_libs"):
+        main()

@@ -197,4 +197,8 @@ def time_compiles(llm: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import recorded
+
+    with recorded("bench_llm"):
+        main()
