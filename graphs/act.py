@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from agent.llm.toolformat import CALL_OPEN
-from agent.types import LLMDelta, LLMReply, LLMRequest, ToolChoice, ToolSpec
-from graphs.deps import Deps, KindInfo
+from agent.types import LLMDelta, LLMReply, LLMRequest, ToolChoice
+from graphs.deps import Deps, KindInfo, offered_tools
 from graphs.nodes import Update, add_usage, emit
 from graphs.prompts import act_messages, result_message
 from graphs.state import AgentState
@@ -105,15 +104,6 @@ def _budget_check(state: AgentState, steps: int, max_steps: int, calls_wanted: b
     answer = (f"I stopped after {steps} steps without finishing: that is the step budget "
               f"([agent] max_steps = {max_steps}).{last}")
     return {"status": "budget", "answer": answer, "pending_calls": []}
-
-
-def offered_tools(kind: KindInfo, specs: Sequence[ToolSpec]) -> list[ToolSpec]:
-    if kind.tools is True:
-        return list(specs)
-    if not kind.tools:
-        return []
-    wanted = set(kind.tools)
-    return [s for s in specs if s.name in wanted]
 
 
 def tool_choice(kind: KindInfo, state: AgentState, has_tools: bool) -> ToolChoice:

@@ -34,6 +34,15 @@ class KindInfo(Protocol):
     def require_tool(self) -> bool: ...
 
 
+def offered_tools(kind: KindInfo, specs: Sequence[ToolSpec]) -> list[ToolSpec]:
+    if kind.tools is True:
+        return list(specs)
+    if not kind.tools:
+        return []
+    wanted = set(kind.tools)
+    return [s for s in specs if s.name in wanted]
+
+
 class ClassificationInfo(Protocol):
     @property
     def kind(self) -> str: ...

@@ -8,7 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from agent.types import LLMRequest, Verdict
-from graphs.deps import Deps
+from graphs.deps import Deps, offered_tools
 from graphs.prompts import plan_messages
 from graphs.state import AgentState
 
@@ -75,7 +75,9 @@ def recall_episodes(state: AgentState, runtime: Runtime[Deps]) -> Update:
     if deps.episodes is None or k == 0:
         return {"exemplars": []}
     found = deps.episodes.recall(state["user_id"], state["request"], k, task_kind=state["task_kind"])
-    return {"exemplars": [_exemplar(e.to_dict()) for e in found]}
+    # Past requests and answers are screened like retrieved text before they enter a prompt.
+    clean = [e for e in found if deps.guards.check_retrieved(f"{e.request}\n{e.answer}").action == "allow"]
+    return {"exemplars": [_exemplar(e.to_dict()) for e in clean]}
 
 
 def _exemplar(episode: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +111,8 @@ def retrieve_context(state: AgentState, runtime: Runtime[Deps]) -> Update:
 
 def make_plan(state: AgentState, runtime: Runtime[Deps]) -> Update:
     deps = runtime.context
-    tool_names = [s.name for s in deps.broker.specs()]
+    kind = deps.classifier.kind(state["task_kind"])
+    tool_names = [s.name for s in offered_tools(kind, deps.broker.specs())]
     request = state["request"]
     if state.get("replans", 0) or state.get("plan"):
         failures = [r for r in state.get("tool_trace", []) if not r["ok"]]
@@ -140,6 +143,8 @@ def refuse(state: AgentState, runtime: Runtime[Deps]) -> Update:
     blocks = [v for v in state.get("verdicts", []) if v["action"] == "block"]
     reason = blocks[-1]["reason"] if blocks else "a guardrail blocked this request"
     answer = f"I can't continue with this request: {reason}."
-    history = [*state.get("history", []), {"role": "user", "content": state["request"][:2000]},
-               {"role": "assistant", "content": answer}]
+    # Neither the blocked text nor the reason (which quotes it) goes into the history later prompts use.
+    checkpoint = blocks[-1]["checkpoint"] if blocks else "input"
+    history = [*state.get("history", []), {"role": "user", "content": f"[request blocked by the {checkpoint} guard]"},
+               {"role": "assistant", "content": "I could not help with that request."}]
     return {"answer": answer, "status": "blocked", "history": history}

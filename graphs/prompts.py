@@ -54,7 +54,8 @@ def render_passages(passages: list[dict[str, Any]]) -> str:
 def render_exemplars(exemplars: list[dict[str, Any]]) -> str:
     blocks = []
     for ep in exemplars:
-        calls = "; ".join(f"{c['name']}({json.dumps(c.get('arguments', {}))})" for c in ep.get("tool_calls", []))
+        calls = "; ".join(f"{c['name']}({json.dumps(c.get('arguments', {}))})"
+                          for c in ep.get("tool_calls", []) if c.get("ok", True))  # never teach a failed call
         block = f"Request: {ep['request']}"
         if calls:
             block += f"\nTool calls: {calls}"

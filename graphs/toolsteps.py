@@ -90,15 +90,17 @@ def check_tool_results(state: AgentState, runtime: Runtime[Deps]) -> Update:
     screened: list[dict[str, Any]] = []
     asks: list[dict[str, Any]] = []
     for result in state.get("step_results", []):
-        if not result["ok"]:
+        if result.get("stopped"):  # our own message (blocked, denied): nothing untrusted in it
             screened.append(result)
             continue
-        verdict = deps.guards.check_tool_result(result["output"])
+        # A failed tool's error carries what the program printed: as untrusted as a good result.
+        field = "output" if result["ok"] else "error"
+        verdict = deps.guards.check_tool_result(result[field] or "")
         verdicts = add_verdict({**state, "verdicts": verdicts}, runtime, verdict)
         if verdict.action == "redact" and verdict.text is not None:
-            result = {**result, "output": verdict.text}
+            result = {**result, field: verdict.text}
         elif verdict.action == "block":
-            result = {**result, "output": f"[tool result withheld: {verdict.reason}]"}
+            result = {**result, field: f"[tool result withheld: {verdict.reason}]"}
         elif verdict.action == "ask":
             asks.append({"id": result["call_id"], "name": result["name"], "reason": verdict.reason})
         screened.append(result)
