@@ -129,8 +129,10 @@ class TokenFilter:
     def __init__(self, runtime: Runtime[Deps]) -> None:
         self.runtime = runtime
         self.raw = ""
+        self.shown = ""  # the redacted text as of the last delta sent
         self.sent = 0
         self.answering = False
+        self.stopped = False
 
     def feed(self, text: str) -> None:
         self.raw += text
@@ -146,14 +148,22 @@ class TokenFilter:
             self._send(final=True)
 
     def _send(self, final: bool) -> None:
+        if self.stopped:
+            return
         verdict = self.runtime.context.guards.check_output(self.raw)
         shown = verdict.text if verdict.text is not None else self.raw
-        if verdict.action == "block":
+        if verdict.action == "block" or not shown.startswith(self.shown[: self.sent]):
+            # A redaction reached back into text already shown: stop here, the final answer replaces it.
+            self.stopped = True
             return
-        end = len(shown) if final else max(self.sent, len(shown) - self.HOLD_CHARS)
+        end = len(shown)
+        if not final:
+            # Hold the tail, and never cut inside a run without spaces: a key or token being written has none.
+            end = len(shown) - self.HOLD_CHARS
+            end = max(shown.rfind(" ", 0, max(end, 0)), shown.rfind("\n", 0, max(end, 0))) + 1
         if end > self.sent:
             emit(self.runtime, {"type": "token", "text": shown[self.sent:end]})
-            self.sent = end
+            self.sent, self.shown = end, shown
 
 
 def stream_reply(runtime: Runtime[Deps], request: LLMRequest) -> LLMReply:

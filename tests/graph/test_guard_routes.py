@@ -115,3 +115,14 @@ def test_secrets_are_redacted_in_episodes_and_history(make_agent):
     [episode] = agent.services.episodes.list("bob")
     stored = episode.request + " ".join(m["content"] for m in agent.history("s"))
     assert "bob@example.com" not in stored and "sk-proj-abcdefghijklmnop" not in stored
+
+
+def test_a_long_secret_never_streams_even_in_part(make_agent):
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0" * 2
+    text = f"Here is the token you asked about: api_key={jwt} and that is all, thanks for asking about it today."
+    llm = ScriptedLLM({"act": [text]})
+    events = list(make_agent(llm).stream("what was my token?", kind="chat"))
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert jwt[:20] not in streamed
+    final = events[-1].result.answer
+    assert jwt[:20] not in final and "thanks for asking" in final
