@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true")
 
     ingest = sub.add_parser("ingest", help="add .md/.txt/.rst/.py/.html files or folders to the document store")
-    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("paths", nargs="+")
 
     teach = sub.add_parser("teach", help="teach a task kind from examples")
     teach.add_argument("kind")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -39,6 +40,12 @@ def chat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kind is not None:  # checked before the model loads, not after
+        from agent.classifier import load_kinds
+
+        known = [k.name for k in load_kinds(settings.kinds_file)]
+        if args.kind not in known:
+            raise ConfigError(f"unknown task kind {args.kind!r}; known kinds: {', '.join(known)}")
     agent = _agent(settings)
     try:
         result = agent.invoke(args.text, thread_id=args.thread, user_id=args.user, kind=args.kind)
@@ -87,7 +94,10 @@ def _report(result: Result, as_json: bool) -> int:
 def ingest(args: argparse.Namespace, settings: Settings) -> int:
     from memory import DocumentStore
 
-    missing = [str(p) for p in args.paths if not p.exists()]
+    if any(not p.strip() for p in args.paths):
+        raise ConfigError("an empty path was given; name the files or folders to ingest (use . for this folder)")
+    paths = [Path(p).expanduser() for p in args.paths]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}")
     store = open_store(settings)
@@ -95,7 +105,7 @@ def ingest(args: argparse.Namespace, settings: Settings) -> int:
         docs = DocumentStore(store, make_embedder(), settings.retrieval.chunk_chars,
                              settings.retrieval.overlap_chars)
         with err.status("ingesting...") as status:
-            report = docs.ingest(args.paths, progress=lambda msg: status.update(msg))
+            report = docs.ingest(paths, progress=lambda msg: status.update(msg))
         out.print(report.summary())
         for skipped in report.skipped:
             err.print(f"[dim]skipped {skipped.path}: {skipped.reason}[/]")
@@ -148,8 +158,9 @@ def memory(args: argparse.Namespace, settings: Settings) -> int:
             return _list_episodes(episodes.list(args.user), args.json)
         if args.all and args.user:
             raise ConfigError("use either --user U or --all, not both")
-        count = episodes.forget(None if args.all else (args.user or "default"))
-        out.print(f"forgot {count} episode(s)" + ("" if args.all else f" of user {args.user or 'default'!r}"))
+        user = "default" if args.user is None else args.user
+        count = episodes.forget(None if args.all else user)
+        out.print(f"forgot {count} episode(s)" + ("" if args.all else f" of user {user!r}"))
     finally:
         store.close()
     return EXIT_OK

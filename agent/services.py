@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
@@ -75,9 +76,24 @@ def module_tools(module_name: str) -> list[Any]:
     return found
 
 
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/sbin",
+               "/srv", "/sys", "/tmp", "/usr", "/var")
+
+
+def check_workspace(path: Path) -> Path:
+    """The workspace is the one directory tools may write, and as root the sandbox hands it to an unprivileged
+    user: a system directory or a whole home directory must never be it."""
+    resolved = path.expanduser().resolve()
+    if str(resolved) in SYSTEM_DIRS or resolved == Path.home().resolve():
+        raise ConfigError(f"[tools] workspace = {str(path)!r} is a system or home directory; point it at a "
+                          "dedicated folder (the default is <data dir>/workspace)")
+    return resolved
+
+
 def make_broker(settings: Settings, registry: ToolRegistry) -> Broker:
     from tools import Broker
 
+    check_workspace(settings.workspace_dir)
     settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     return Broker(registry, settings.tools, settings.workspace_dir)
 

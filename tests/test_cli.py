@@ -125,3 +125,17 @@ def test_run_json_contract_on_the_bundled_model(_isolated_home, model_cache_dir)
     for v in result["verdicts"]:
         assert set(v) == {"checkpoint", "action", "reason"} and v["action"] in {"allow", "redact", "ask", "block"}
     assert result["usage"]["completion_tokens"] > 0
+
+
+def test_empty_arguments_are_refused_clearly(_isolated_home):
+    empty = metagent("ingest", "", home=_isolated_home)
+    assert empty.returncode == 2 and "empty path" in empty.stderr
+    forget = metagent("memory", "forget", "--user", "", home=_isolated_home)
+    assert forget.returncode == 2 and "Traceback" not in forget.stderr
+    kind = metagent("run", "hi", "--kind", "nosuch", home=_isolated_home, timeout=60)
+    assert kind.returncode == 2 and "unknown task kind 'nosuch'" in kind.stderr and "chat" in kind.stderr
+
+
+def test_a_system_directory_is_never_the_workspace(_isolated_home):
+    proc = metagent("tools", "call", "list_dir", "{}", home=_isolated_home, env={"METAGENT_TOOLS__WORKSPACE": "/"})
+    assert proc.returncode == 2 and "system or home directory" in proc.stderr
