@@ -99,5 +99,8 @@ def _command_line() -> str:
         parts = [p.decode("utf-8", "replace") for p in raw.split(b"\0") if p]
     except OSError:
         parts = [sys.executable, *sys.argv]
-    command = " ".join(" ".join(parts).split())  # one line, even for `python -c` with a script
-    return command if len(command) <= 300 else command[:297] + "..."
+    # Only the program and its first few words (`metagent chat`, `python -m agent.cli ingest`): the rest can be
+    # a user's request, and the owner file is readable by anyone who can read the data directory.
+    words = " ".join(parts[:4]).split()
+    command = " ".join(words[:4]) + (" ..." if len(parts) > 4 else "")
+    return command if len(command) <= 120 else command[:117] + "..."
