@@ -17,7 +17,8 @@ from graphs.nodes import Update, add_usage, emit
 from graphs.prompts import act_messages, result_message
 from graphs.state import AgentState
 
-_CITE = re.compile(r"\[(\d{1,2})\]")
+_CITE = re.compile(r"\[(S?\d{1,2})\]")
+_SEARCHED = re.compile(r"^\[S(\d+)\] (.+?) \(part (\d+)\):\n(.*?)(?=\n\n\[S\d+\] |\Z)", re.S | re.M)
 
 
 def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
@@ -58,7 +59,7 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
             emit(runtime, {"type": "tool_call", **call})
         update["pending_calls"] = calls
         return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
-    answer, citations = cite(reply.content, state.get("passages", []))
+    answer, citations = cite(reply.content, state.get("passages", []), state.get("tool_trace", []))
     return update | {"pending_calls": [], "answer": answer, "citations": citations}
 
 
@@ -179,13 +180,28 @@ def stream_reply(runtime: Runtime[Deps], request: LLMRequest) -> LLMReply:
     raise RuntimeError("LLM stream ended without a final reply")  # a broken LLM implementation, not user input
 
 
-def cite(answer: str, passages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """The citations of an answer: the passages it cites as [n], or, when it cites none, every passage it was
-    given. They are listed under the answer with their source paths so the user can check them."""
-    if not passages:
+def cite(answer: str, passages: list[dict[str, Any]], trace: list[dict[str, Any]] | None = None
+         ) -> tuple[str, list[dict[str, Any]]]:
+    """The citations of an answer: the passages it cites as [n] (retrieved before the model ran) or [Sn]
+    (found by its search_docs calls), or, when it cites none, every passage it was given. They are listed
+    under the answer with their source paths so the user can check them."""
+    found: dict[str, dict[str, Any]] = {str(n): p for n, p in enumerate(passages, 1)}
+    found.update(searched_passages(trace or []))
+    if not found:
         return answer, []
-    cited = sorted({int(n) for n in _CITE.findall(answer) if 1 <= int(n) <= len(passages)})
-    numbers = cited or list(range(1, len(passages) + 1))
-    listed = [{"n": n, **passages[n - 1]} for n in numbers]
+    labels = [label for label in dict.fromkeys(_CITE.findall(answer)) if label in found]
+    if not labels:
+        labels = [str(n) for n in range(1, len(passages) + 1)] or list(found)
+    listed = [{"n": int(label) if label.isdigit() else label, **found[label]} for label in labels]
     footer = "\n\nSources: " + "; ".join(f"[{c['n']}] {c['source']}" for c in listed)
     return answer + footer, listed
+
+
+def searched_passages(trace: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Passages returned by search_docs calls in this run, by label (a later search wins a label)."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in trace:
+        if entry.get("name") == "search_docs" and entry.get("ok"):
+            for m in _SEARCHED.finditer(entry.get("output", "")):
+                found[f"S{m[1]}"] = {"source": m[2], "position": int(m[3]), "text": m[4].strip(), "score": 0.0}
+    return found

@@ -4,7 +4,6 @@ and recall."""
 from __future__ import annotations
 
 import ast
-
 import signal
 import sys
 from typing import Annotated
@@ -114,20 +113,21 @@ def report(result: SandboxResult, timeout_s: float) -> str:
 
 
 def make_search_docs(retriever: Retriever) -> Tool:
-    """The search_docs tool over a retriever: passages numbered [1]..[k] with their source."""
+    """The search_docs tool over a retriever: passages labelled [S1]..[Sk] with their source."""
 
     @tool(name="search_docs")
     def search_docs(
         query: Annotated[str, Field(description="what to look for, in a few words")],
         k: Annotated[int, Field(ge=1, le=20, description="how many passages to return")] = 4,
     ) -> str:
-        """Search the ingested documents and return the most relevant passages, numbered, with sources.
-        Cite a passage by its number, e.g. [1]."""
+        """Search the ingested documents and return the most relevant passages, labelled, with sources.
+        Cite a passage by its label, e.g. [S1]."""
         passages = retriever.search(query, k)
         if not passages:
             return "no matching passages (nothing ingested, or nothing relevant to this query)"
+        # Labelled S1.. so they never collide with the [1].. of passages retrieved before the model ran.
         return "\n\n".join(
-            f"[{i}] {p.source} (part {p.position}):\n{p.text.strip()}" for i, p in enumerate(passages, 1)
+            f"[S{i}] {p.source} (part {p.position}):\n{p.text.strip()}" for i, p in enumerate(passages, 1)
         )
 
     return search_docs

@@ -123,3 +123,17 @@ def test_a_call_to_a_tool_not_offered_is_an_observation(make_agent):
     result = make_agent(llm).invoke("what do my notes say about x?", kind="docs")
     assert not result.tool_calls[0]["ok"] and "search_docs" in result.tool_calls[0]["error"]
     assert result.answer.startswith("I can only search.")
+
+
+def test_search_docs_results_are_cited_by_their_own_labels(make_agent, tmp_path):
+    (tmp_path / "zebra.md").write_text("Zebras eat grass on the savanna.\n")
+    (tmp_path / "atlantis.md").write_text("Atlantis is a legendary island.\n")
+    llm = ScriptedLLM({"plan": ["1. search"],
+                       "act": [format_call("search_docs", {"query": "what do zebras eat", "k": 1}),
+                               "Zebras eat grass [S1]."]})
+    agent = make_agent(llm)
+    agent.ingest([tmp_path])
+    result = agent.invoke("what do zebras eat? search my notes", kind="project")
+    assert [c["n"] for c in result.citations] == ["S1"]
+    assert result.citations[0]["source"].endswith("zebra.md")
+    assert "[S1]" in result.answer and "zebra.md" in result.answer and "atlantis" not in result.answer

@@ -59,11 +59,12 @@ def test_search_docs_numbers_passages_with_sources(tmp_path: Path) -> None:
     result = broker.call(ToolCall("1", "search_docs", {"query": "capital"}))
     assert result.ok
     assert (
-        result.output == "[1] docs/france.md (part 0):\nParis is the capital.\n\n[2] lyon.txt (part 3):\nLyon  is\nbig."
+        result.output
+        == "[S1] docs/france.md (part 0):\nParis is the capital.\n\n[S2] lyon.txt (part 3):\nLyon  is\nbig."
     )
     assert retriever.queries == [("capital", 4)]
     one = broker.call(ToolCall("2", "search_docs", {"query": "x", "k": 1}))
-    assert one.output.startswith("[1]") and "[2]" not in one.output
+    assert one.output.startswith("[S1]") and "[S2]" not in one.output
     assert not broker.call(ToolCall("3", "search_docs", {"query": "x", "k": 0})).ok
 
 
