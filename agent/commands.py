@@ -57,12 +57,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def resume(args: argparse.Namespace, settings: Settings) -> int:
+    _check_pending(settings, args.thread)  # before the model loads
     agent = _agent(settings)
     try:
         result = agent.resume(args.thread, args.decision == "yes")
     finally:
         agent.close()
     return _report(result, args.json)
+
+
+def _check_pending(settings: Settings, thread: str) -> None:
+    from agent.services import open_checkpointer
+    from graphs import build_graph
+
+    saver = open_checkpointer(settings)
+    try:
+        state = build_graph(saver).get_state({"configurable": {"thread_id": thread}})
+    finally:
+        saver.conn.close()
+    if not state.interrupts:
+        raise ConfigError(f"thread {thread!r} has no pending approval to resume")
 
 
 def _decide(mode: str, result: Result) -> bool | None:

@@ -139,3 +139,8 @@ def test_empty_arguments_are_refused_clearly(_isolated_home):
 def test_a_system_directory_is_never_the_workspace(_isolated_home):
     proc = metagent("tools", "call", "list_dir", "{}", home=_isolated_home, env={"METAGENT_TOOLS__WORKSPACE": "/"})
     assert proc.returncode == 2 and "system or home directory" in proc.stderr
+
+
+def test_resume_without_a_pending_approval_is_a_fast_clear_error(_isolated_home):
+    proc = metagent("resume", "nothing-here", "yes", home=_isolated_home, timeout=60)
+    assert proc.returncode == 2 and "no pending approval" in proc.stderr
