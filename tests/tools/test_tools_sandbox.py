@@ -215,7 +215,8 @@ def test_python_tool_and_sandboxed_function_tools_through_the_broker(mode: str, 
     broker = Broker(registry, ToolSettings.model_validate({"sandbox": mode}), workspace, sandbox=sandbox)
     (workspace / "data.txt").write_text("21")
     code = "n = int(open('data.txt').read())\nprint(n * 2)\nopen('out.txt', 'w').write('done')"
-    assert broker.call(ToolCall("1", "python", {"code": code})).output == "42"
+    # like an interactive session, the value of the final expression (write() returns 4) is shown too
+    assert broker.call(ToolCall("1", "python", {"code": code})).output == "42\n4"
     assert (workspace / "out.txt").read_text() == "done"
     failed = broker.call(ToolCall("2", "python", {"code": "1/0"}))
     assert not failed.ok and failed.error is not None
