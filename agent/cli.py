@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metagent", description="A local-first agent runtime.")
     p.add_argument("--settings", type=Path, help="settings TOML file (default: <data dir>/settings.toml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(sub)
+    _add_knowledge_commands(sub)
+    _add_tool_commands(sub)
+    sub.add_parser("doctor", help="report versions, device, model, data directory and sandbox mode")
+    return p
 
+
+def _add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chat = sub.add_parser("chat", help="interactive chat (streams tokens; /help for commands)")
     chat.add_argument("--thread", help="conversation to resume or start (default: a new one)")
     chat.add_argument("--user", default="default", help="user id for episodic memory")
@@ -42,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("decision", choices=["yes", "no"])
     resume.add_argument("--json", action="store_true")
 
+
+def _add_knowledge_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest = sub.add_parser("ingest", help="add .md/.txt/.rst/.py/.html files or folders to the document store")
     ingest.add_argument("paths", nargs="+")
 
@@ -49,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("kind")
     teach.add_argument("examples", nargs="+")
     teach.add_argument("--description", help="one line saying what the kind is (new kinds)")
-
     sub.add_parser("kinds", help="list task kinds")
 
     adapters = sub.add_parser("adapters", help="LoRA adapters")
@@ -64,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", help="whose episodes (default: 'default')")
     forget.add_argument("--all", action="store_true", help="every user's episodes")
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tools = sub.add_parser("tools", help="list or try tools")
     tsub = tools.add_subparsers(dest="action", required=True)
     tlist = tsub.add_parser("list", help="list tools")
@@ -72,9 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     tcall.add_argument("name")
     tcall.add_argument("args", nargs="?", default="{}", help="JSON object of arguments")
     tcall.add_argument("--user", default="default")
-
-    sub.add_parser("doctor", help="report versions, device, model, data directory and sandbox mode")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
