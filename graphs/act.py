@@ -38,9 +38,10 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
     if reply.tool_calls and repeats_earlier_calls(reply, state):
         # The model asks again for results it already has (small models loop like this): running the same
         # calls again cannot help, so ask for the answer from what it has, with tools withdrawn.
-        reply = stream_reply(runtime, replace(request, tool_choice="none"))
+        no_tools = replace(request, tool_choice="none")
+        reply = without_calls_if_no_tools(stream_reply(runtime, no_tools), no_tools)
         usage = add_usage({**state, "usage": usage}, reply.usage.prompt_tokens, reply.usage.completion_tokens)
-        if reply.tool_calls or not reply.content.strip():
+        if not reply.content.strip():
             reply = replace(reply, tool_calls=(), content=last_results_answer(state))
     steps = state.get("steps", 0) + 1
     update: Update = {"steps": steps, "usage": usage, "offered_tools": [t.name for t in tools]}
@@ -52,13 +53,13 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         update["scratch"] = [*state.get("scratch", []), {"role": "assistant", "content": reply.text},
                              *(result_message(e) for e in errors)]
         update["pending_calls"] = []
-        return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
+        return update | _budget_check(state, steps, deps.settings.agent.max_steps)
     if reply.tool_calls:
         calls = [c.to_dict() for c in reply.tool_calls]
         for call in calls:
             emit(runtime, {"type": "tool_call", **call})
         update["pending_calls"] = calls
-        return update | _budget_check(state, steps, deps.settings.agent.max_steps, calls_wanted=True)
+        return update | _budget_check(state, steps, deps.settings.agent.max_steps)
     answer, citations = cite(reply.content, state.get("passages", []), state.get("tool_trace", []))
     return update | {"pending_calls": [], "answer": answer, "citations": citations}
 
@@ -97,8 +98,9 @@ def _retry_reasons(reply: LLMReply) -> list[str]:
     return []
 
 
-def _budget_check(state: AgentState, steps: int, max_steps: int, calls_wanted: bool) -> Update:
-    if not calls_wanted or steps < max_steps:
+def _budget_check(state: AgentState, steps: int, max_steps: int) -> Update:
+    """The model still wants to act (calls, or another try): end the run when that was its last step."""
+    if steps < max_steps:
         return {}
     done = [r for r in state.get("tool_trace", []) if r["ok"]]
     last = f" Last tool result: {done[-1]['name']} -> {done[-1]['output'][:300]}" if done else ""

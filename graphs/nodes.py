@@ -19,12 +19,12 @@ def emit(runtime: Runtime[Deps], event: dict[str, Any]) -> None:
     runtime.stream_writer(event)
 
 
-def add_verdict(state: AgentState, runtime: Runtime[Deps], verdict: Verdict) -> list[dict[str, Any]]:
-    """Record a verdict in the run (non-allow verdicts are also streamed as events)."""
+def add_verdict(verdicts: list[dict[str, Any]], runtime: Runtime[Deps], verdict: Verdict) -> list[dict[str, Any]]:
+    """The run's verdicts with this one added (non-allow verdicts are also streamed as events)."""
     record = verdict.to_dict()
     if verdict.action != "allow":
         emit(runtime, {"type": "verdict", **record})
-    return [*state.get("verdicts", []), record]
+    return [*verdicts, record]
 
 
 def add_usage(state: AgentState, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -36,7 +36,7 @@ def add_usage(state: AgentState, prompt_tokens: int, completion_tokens: int) -> 
 
 def apply_verdict(state: AgentState, runtime: Runtime[Deps], verdict: Verdict, field: str) -> Update:
     """Record a verdict on a text field of the state: a block stops the run, a redaction replaces the text."""
-    update: Update = {"verdicts": add_verdict(state, runtime, verdict)}
+    update: Update = {"verdicts": add_verdict(state.get("verdicts", []), runtime, verdict)}
     if verdict.action == "block":
         update["status"] = "blocked"
     elif verdict.action == "redact" and verdict.text is not None:
@@ -98,14 +98,13 @@ def retrieve_context(state: AgentState, runtime: Runtime[Deps]) -> Update:
             continue
         verdict = deps.guards.check_retrieved(passage.text)
         if verdict.action != "allow":
-            verdicts = add_verdict({**state, "verdicts": verdicts}, runtime, verdict)
+            verdicts = add_verdict(verdicts, runtime, verdict)
         if verdict.action in ("block", "ask"):
             continue  # never shown to the model
         record = passage.to_dict()
         if verdict.action == "redact" and verdict.text is not None:
             record["text"] = verdict.text
         passages.append(record)
-    emit(runtime, {"type": "retrieved", "count": len(passages), "sources": [p["source"] for p in passages]})
     return {"passages": passages, "verdicts": verdicts}
 
 
@@ -130,7 +129,7 @@ def make_plan(state: AgentState, runtime: Runtime[Deps]) -> Update:
         "plan": plan,
         "replans": state.get("replans", 0) + (1 if state.get("plan") else 0),
         "usage": add_usage(state, reply.usage.prompt_tokens, reply.usage.completion_tokens),
-        "verdicts": add_verdict(state, runtime, verdict),
+        "verdicts": add_verdict(state.get("verdicts", []), runtime, verdict),
     }
     if verdict.action == "block":
         update["status"] = "blocked"

@@ -34,15 +34,15 @@ def check_tool_calls(state: AgentState, runtime: Runtime[Deps]) -> Update:
         call = ToolCall(raw["id"], raw["name"], raw["arguments"])
         if call.name not in offered:
             # Only the tools offered for this task kind may run, whatever else is registered.
-            settled[call.id] = {**_failed(call, f"tool {call.name!r} is not available here; the tools you can "
-                                                f"call are: {', '.join(offered) or 'none'}"), "stopped": False}
+            settled[call.id] = _failed(call, f"tool {call.name!r} is not available here; the tools you can call "
+                                             f"are: {', '.join(offered) or 'none'}", stopped=False)
             continue
         invalid = deps.broker.validate(call)
         if invalid is not None:
             settled[call.id] = invalid.to_dict()
             continue
         verdict = deps.guards.check_tool_call(call, deps.broker.needs_approval(call))
-        verdicts = add_verdict({**state, "verdicts": verdicts}, runtime, verdict)
+        verdicts = add_verdict(verdicts, runtime, verdict)
         if verdict.action == "block":
             settled[call.id] = _failed(call, f"blocked by policy: {verdict.reason}")
         elif verdict.action == "ask":
@@ -50,7 +50,6 @@ def check_tool_calls(state: AgentState, runtime: Runtime[Deps]) -> Update:
         else:
             cleared.append(raw)
     if asks:
-        emit(runtime, {"type": "interrupt", "kind": "approval", "calls": asks})
         decisions = approval_decisions(interrupt({"kind": "approval", "calls": asks}), asks)
         for ask in asks:
             if decisions[ask["id"]]:
@@ -96,18 +95,19 @@ def check_tool_results(state: AgentState, runtime: Runtime[Deps]) -> Update:
         # A failed tool's error carries what the program printed: as untrusted as a good result.
         field = "output" if result["ok"] else "error"
         verdict = deps.guards.check_tool_result(result[field] or "")
-        verdicts = add_verdict({**state, "verdicts": verdicts}, runtime, verdict)
+        verdicts = add_verdict(verdicts, runtime, verdict)
         if verdict.action == "redact" and verdict.text is not None:
             result = {**result, field: verdict.text}
         elif verdict.action == "block":
             result = {**result, field: f"[tool result withheld: {verdict.reason}]"}
         elif verdict.action == "ask":
-            asks.append({"id": result["call_id"], "name": result["name"], "reason": verdict.reason})
+            asks.append({"id": result["call_id"], "name": result["name"], "reason": verdict.reason, "field": field})
         screened.append(result)
     if asks:
         decisions = approval_decisions(interrupt({"kind": "tool_result", "calls": asks}), asks)
-        screened = [r if decisions.get(r["call_id"], True) else
-                    {**r, "output": "[tool result withheld by the user]"} for r in screened]
+        withheld = {a["id"]: a["field"] for a in asks if not decisions[a["id"]]}
+        screened = [{**r, withheld[r["call_id"]]: "[tool result withheld by the user]"}
+                    if r["call_id"] in withheld else r for r in screened]
     pending = state.get("pending_calls", [])
     by_id = {c["id"]: c for c in pending}
     trace = [{**by_id.get(r["call_id"], {"arguments": {}}), **r, "id": r["call_id"]} for r in screened]
@@ -122,7 +122,8 @@ def check_tool_results(state: AgentState, runtime: Runtime[Deps]) -> Update:
     }
 
 
-def _failed(call: ToolCall, error: str) -> dict[str, Any]:
-    """A call stopped by policy or by the user: not a failure of the plan, so it never triggers a re-plan."""
+def _failed(call: ToolCall, error: str, stopped: bool = True) -> dict[str, Any]:
+    """A call that did not run. `stopped`: by policy or by the user, not a failure of the plan, so it never
+    triggers a re-plan (nor an injection scan: the text is ours)."""
     return {**ToolResult(call_id=call.id, name=call.name, ok=False, output="", error=error).to_dict(),
-            "stopped": True}
+            "stopped": stopped}

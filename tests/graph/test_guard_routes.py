@@ -126,3 +126,14 @@ def test_a_long_secret_never_streams_even_in_part(make_agent):
     assert jwt[:20] not in streamed
     final = events[-1].result.answer
     assert jwt[:20] not in final and "thanks for asking" in final
+
+
+def test_asking_about_a_suspicious_tool_error_and_denying_withholds_it(make_agent):
+    llm = ScriptedLLM({"plan": ["1.", "1. again"], "act": [format_call("fail_loudly", {"topic": "x"}), "Done."]})
+    agent = make_agent(llm, tools=(fail_loudly,), guards={"on_injection": "ask"})
+    result = agent.invoke("get x", kind="project", thread_id="ask-result")
+    assert result.interrupted and [p.name for p in result.pending] == ["fail_loudly"]
+    result = agent.resume("ask-result", False)
+    assert result.tool_calls[0]["error"] == "[tool result withheld by the user]"
+    seen = " ".join(m.content for m in llm.calls_for("act")[1].messages).lower()
+    assert "ignore all previous instructions" not in seen
