@@ -48,6 +48,7 @@ class Agent:
         self.settings = settings or Settings.load()
         self.services: Services = build_services(self.settings, llm, tools, embedder, progress)
         self._graph = build_graph(self.services.checkpointer)
+        self._deps = _deps(self.settings, self.services)
         self._lock = threading.Lock()  # SqliteSaver shares one connection: one run at a time per Agent
 
     @classmethod
@@ -59,13 +60,7 @@ class Agent:
     def invoke(self, text: str, *, thread_id: str | None = None, user_id: str = DEFAULT_USER,
                kind: str | None = None) -> Result:
         """Run one request to its end (or to an approval interrupt) and return the Result."""
-        final: Result | None = None
-        for event in self.stream(text, thread_id=thread_id, user_id=user_id, kind=kind):
-            if isinstance(event, Final):
-                final = event.result
-        if final is None:  # stream() always ends with Final; this guards against a broken graph
-            raise AgentError("the run ended without a result")
-        return final
+        return _final(self.stream(text, thread_id=thread_id, user_id=user_id, kind=kind))
 
     def stream(self, text: str, *, thread_id: str | None = None, user_id: str = DEFAULT_USER,
                kind: str | None = None) -> Iterator[Event]:
@@ -88,13 +83,7 @@ class Agent:
 
     def resume(self, thread_id: str, decisions: bool | Mapping[str, bool]) -> Result:
         """Answer a pending approval: True/False for all calls, or {call_id: bool} (unlisted ids are denied)."""
-        final: Result | None = None
-        for event in self.resume_stream(thread_id, decisions):
-            if isinstance(event, Final):
-                final = event.result
-        if final is None:
-            raise AgentError("the run ended without a result")
-        return final
+        return _final(self.resume_stream(thread_id, decisions))
 
     def resume_stream(self, thread_id: str, decisions: bool | Mapping[str, bool]) -> Iterator[Event]:
         from langgraph.types import Command
@@ -106,12 +95,7 @@ class Agent:
 
     def pending(self, thread_id: str) -> list[Approval]:
         """The tool calls a paused run of this thread waits on (empty when it waits on nothing)."""
-        state = self._graph.get_state(self._config(thread_id))
-        approvals: list[Approval] = []
-        for intr in state.interrupts:
-            for call in intr.value.get("calls", []):
-                approvals.append(Approval(call["id"], call["name"], call.get("arguments", {}), call["reason"]))
-        return approvals
+        return _approvals(self._graph.get_state(self._config(thread_id)))
 
     async def ainvoke(self, text: str, **kwargs: Any) -> Result:
         return await asyncio.to_thread(self.invoke, text, **kwargs)
@@ -168,13 +152,6 @@ class Agent:
 
     # -- internals ---------------------------------------------------------------------------------------
 
-    def _deps(self) -> Any:
-        from graphs import Deps
-
-        s = self.services
-        return Deps(settings=self.settings, llm=s.llm, classifier=s.classifier, broker=s.broker,
-                    guards=s.guards, adapters=s.adapters, retriever=s.documents, episodes=s.episodes)
-
     def _config(self, thread_id: str) -> RunnableConfig:
         # Each act step takes up to 4 graph steps (act, check_tool_calls, call_tools, check_tool_results).
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": 25 + 8 * self.settings.agent.max_steps}
@@ -182,18 +159,41 @@ class Agent:
     def _drive(self, graph_input: Any, thread_id: str) -> Iterator[Event]:
         config = self._config(thread_id)
         with self._lock:
-            parts = self._graph.stream(graph_input, config, context=self._deps(),
-                                       stream_mode=["custom", "updates"], durability="sync")
+            parts = self._graph.stream(graph_input, config, context=self._deps, stream_mode=["custom"],
+                                       durability="sync")
             for mode, chunk in parts:
                 if mode == "custom" and isinstance(chunk, dict):
                     event = from_graph(chunk)
                     if event is not None:
                         yield event
             state = self._graph.get_state(config)
-        pending = self.pending(thread_id)
+        pending = _approvals(state)
         if pending:
             yield InterruptEvent(thread_id, tuple(pending))
         yield Final(Result.from_state(dict(state.values), thread_id, pending))
+
+
+def _deps(settings: Settings, s: Services) -> Any:
+    from graphs import Deps
+
+    return Deps(settings=settings, llm=s.llm, classifier=s.classifier, broker=s.broker, guards=s.guards,
+                adapters=s.adapters, retriever=s.documents, episodes=s.episodes)
+
+
+def _final(events: Iterator[Event]) -> Result:
+    final: Result | None = None
+    for event in events:
+        if isinstance(event, Final):
+            final = event.result
+    if final is None:  # a run always ends with Final; this guards against a broken graph
+        raise AgentError("the run ended without a result")
+    return final
+
+
+def _approvals(state: Any) -> list[Approval]:
+    """The calls a graph state snapshot's interrupts wait on."""
+    return [Approval(call["id"], call["name"], call.get("arguments", {}), call["reason"])
+            for intr in state.interrupts for call in intr.value.get("calls", [])]
 
 
 def _new_id() -> str:
