@@ -14,7 +14,7 @@ from rich.table import Table
 from agent.config import Settings
 from agent.errors import ConfigError, StoreLockedError
 from agent.result import Result
-from agent.services import make_embedder, make_registry, open_store
+from agent.services import make_documents, make_embedder, make_episodes, make_registry, open_store
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_PENDING = 0, 1, 3
 err = Console(stderr=True)
@@ -106,7 +106,6 @@ def _report(result: Result, as_json: bool) -> int:
 
 
 def ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from memory import DocumentStore
 
     if any(not p.strip() for p in args.paths):
         raise ConfigError("an empty path was given; name the files or folders to ingest (use . for this folder)")
@@ -116,8 +115,7 @@ def ingest(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}")
     store = open_store(settings)
     try:
-        docs = DocumentStore(store, make_embedder(), settings.retrieval.chunk_chars,
-                             settings.retrieval.overlap_chars)
+        docs = make_documents(settings, store, make_embedder())
         with err.status("ingesting...") as status:
             report = docs.ingest(paths, progress=lambda msg: status.update(msg))
         out.print(report.summary())
@@ -163,11 +161,10 @@ def adapters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def memory(args: argparse.Namespace, settings: Settings) -> int:
-    from memory import ChromaEpisodes
 
     store = open_store(settings)
     try:
-        episodes = ChromaEpisodes(store, make_embedder())
+        episodes = make_episodes(settings, store, make_embedder())
         if args.action == "list":
             return _list_episodes(episodes.list(args.user), args.json)
         if args.all and args.user:
@@ -192,7 +189,6 @@ def _list_episodes(episodes: list[Any], as_json: bool) -> int:
 
 
 def tools(args: argparse.Namespace, settings: Settings) -> int:
-    from memory import ChromaEpisodes, DocumentStore
 
     store = None
     try:
@@ -201,8 +197,8 @@ def tools(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"[yellow]note[/]: search_docs and recall are unavailable: {e}")
     try:
         embedder = make_embedder()
-        retriever = DocumentStore(store, embedder) if store else None
-        episodes = ChromaEpisodes(store, embedder) if store else None
+        retriever = make_documents(settings, store, embedder) if store else None
+        episodes = make_episodes(settings, store, embedder) if store else None
         registry = make_registry((), settings.tools.modules, retriever=retriever, episodes=episodes)
         if args.action == "list":
             return _list_tools(registry, args.json)

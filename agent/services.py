@@ -38,6 +38,18 @@ def make_embedder() -> Embedder:
     return MiniLMEmbedder()
 
 
+def make_documents(settings: Settings, store: VectorStore, embedder: Embedder) -> DocumentStore:
+    from memory import DocumentStore
+
+    return DocumentStore(store, embedder, settings.retrieval.chunk_chars, settings.retrieval.overlap_chars)
+
+
+def make_episodes(settings: Settings, store: VectorStore, embedder: Embedder) -> ChromaEpisodes:
+    from memory import ChromaEpisodes
+
+    return ChromaEpisodes(store, embedder, min_score=settings.memory.min_score)
+
+
 def load_llm(settings: Settings, adapters: AdapterRegistry, progress: Progress | None = None) -> LLM:
     from agent.llm.engine import TransformersLLM
 
@@ -49,15 +61,8 @@ def make_registry(tools: Sequence[Any], modules: Sequence[str] = (), retriever: 
     """Built-in tools plus the user's own (functions are wrapped with @tool)."""
     from tools import ToolRegistry, builtin_tools
 
-    registry = ToolRegistry()
-    for t in builtin_tools(retriever=retriever, episodes=episodes):
-        registry.register(t)
-    for t in tools:
-        registry.register(t)
-    for module in modules:
-        for t in module_tools(module):
-            registry.register(t)
-    return registry
+    from_modules = [t for module in modules for t in module_tools(module)]
+    return ToolRegistry([*builtin_tools(retriever=retriever, episodes=episodes), *tools, *from_modules])
 
 
 def module_tools(module_name: str) -> list[Any]:
@@ -148,15 +153,14 @@ def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], em
                    progress: Progress | None) -> Services:
     from agent.adapters import AdapterRegistry
     from agent.guards import Guards
-    from memory import ChromaEpisodes, DocumentStore
 
     say = progress or (lambda _msg: None)
     say("opening the data directory")
     store = open_store(settings)
     try:
         embedder = embedder or make_embedder()
-        documents = DocumentStore(store, embedder, settings.retrieval.chunk_chars, settings.retrieval.overlap_chars)
-        episodes = ChromaEpisodes(store, embedder, min_score=settings.memory.min_score)
+        documents = make_documents(settings, store, embedder)
+        episodes = make_episodes(settings, store, embedder)
         adapters = AdapterRegistry(settings)
         if llm is None:
             llm = load_llm(settings, adapters, progress)
