@@ -25,7 +25,7 @@ def plan_messages(system: str, request: str, tool_names: list[str]) -> tuple[Mes
 
 
 def act_messages(state: dict[str, Any], system: str, history_limit: int) -> tuple[Message, ...]:
-    """System prompt with kind, plan, sources and exemplars; the thread's history; the request; this run's
+    """System prompt with plan, sources and exemplars; the thread's history; the request; this run's
     tool calls and results."""
     # The task kind routes the run; it is not shown to the model (a small model parrots the kind's description).
     parts = [system]
