@@ -90,7 +90,8 @@ class MemorySettings(_Section):
 class ToolSettings(_Section):
     workspace: str = Field("", description="directory file tools may use; empty = <home>/workspace")
     timeout_s: float = Field(10.0, gt=0, le=3600)
-    output_cap_bytes: int = Field(16384, ge=256)
+    output_cap_bytes: int = Field(1 << 20, ge=256, description="stdout+stderr kept per call; the child is killed there")
+    workspace_cap_mb: int = Field(256, ge=1, description="most a sandboxed call may leave in the workspace")
     memory_mb: int = Field(512, ge=32)
     max_parallel: int = Field(4, ge=1, le=64)
     approval: list[str] = Field(default_factory=lambda: ["write_file"], description="tools that need a yes")

@@ -93,7 +93,8 @@ class ToolContext:
     sandbox: Sandbox | None = None
     timeout_s: float = 10.0
     memory_mb: int = 512
-    output_cap_bytes: int = 16384
+    output_cap_bytes: int = 1 << 20
+    workspace_cap_bytes: int = 256 << 20
 
 
 @runtime_checkable

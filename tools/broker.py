@@ -167,6 +167,7 @@ class Broker:
             timeout_s=policy.timeout_s or self.settings.timeout_s,
             memory_mb=policy.memory_mb or self.settings.memory_mb,
             output_cap_bytes=policy.output_cap_bytes or self.settings.output_cap_bytes,
+            workspace_cap_bytes=self.settings.workspace_cap_mb << 20,
         )
 
 

@@ -56,6 +56,7 @@ class PythonTool:
             timeout_s=ctx.timeout_s,
             memory_mb=ctx.memory_mb,
             output_cap_bytes=ctx.output_cap_bytes,
+            workspace_cap_bytes=ctx.workspace_cap_bytes,
             stdin=echo_last_expression(args.code),
         )
         return report(result, ctx.timeout_s)
@@ -98,7 +99,12 @@ def report(result: SandboxResult, timeout_s: float) -> str:
         parts.append("stderr:\n" + "\n".join(shown))
     if result.truncated:
         parts.append("[output cap reached: the program was stopped; print less]")
+    if result.changes:
+        parts.append(result.changes)
     body = "\n".join(parts)
+    if result.stopped:
+        raise ToolError(f"stopped: {result.stopped}; its changes to the workspace were discarded"
+                        + (f"\n{body}" if body else ""))
     if result.timed_out:
         raise ToolError(f"timed out after {timeout_s:g} s (the program was killed)" + (f"\n{body}" if body else ""))
     if result.truncated:  # stopped by us at the cap: what it printed so far is still worth reading

@@ -14,7 +14,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -32,6 +32,18 @@ class SandboxResult:
     timed_out: bool = False
     truncated: bool = False
     elapsed_s: float = 0.0
+    stopped: str | None = None  # why the host stopped it early, besides the timeout and the output cap
+    changes: str = ""  # what came back into the workspace (tools/staging.py), one line per kind
+
+
+@dataclass(frozen=True)
+class ProcessLimits:
+    """When run_process stops a child: after timeout_s, at output_cap_bytes of stdout+stderr, or as soon as
+    `watch` (polled every EXIT_POLL_S at most) returns a reason."""
+
+    timeout_s: float
+    output_cap_bytes: int
+    watch: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -40,6 +52,15 @@ class _Capture:
     out: bytearray
     err: bytearray
     truncated: bool = False
+    watch: Callable[[], str | None] | None = None
+    stopped: str | None = None
+
+    @property
+    def stop(self) -> bool:
+        """Whether the child must be stopped now: output cap reached, or the watch gave a reason."""
+        if self.stopped is None and self.watch is not None:
+            self.stopped = self.watch()
+        return self.truncated or self.stopped is not None
 
     def add(self, is_err: bool, data: bytes) -> None:
         room = self.cap - len(self.out) - len(self.err)
@@ -50,13 +71,9 @@ class _Capture:
 
 
 def run_process(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    timeout_s: float,
-    output_cap_bytes: int,
-    stdin: str | None = None,
+    argv: Sequence[str], env: Mapping[str, str], limits: ProcessLimits, stdin: str | None = None
 ) -> SandboxResult:
-    """Run argv to completion, a timeout, or the output cap (stdout and stderr together), whichever is first."""
+    """Run argv to completion or until a limit (timeout, output cap, watch) stops it, whichever is first."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -68,12 +85,12 @@ def run_process(
         start_new_session=True,  # its own session and process group: killpg reaches all of it
         close_fds=True,
     )
-    capture = _Capture(output_cap_bytes, bytearray(), bytearray())
-    deadline = started + timeout_s
+    capture = _Capture(limits.output_cap_bytes, bytearray(), bytearray(), watch=limits.watch)
+    deadline = started + limits.timeout_s
     try:
         timed_out = _pump(proc, stdin.encode() if stdin is not None else None, capture, deadline)
-        if not timed_out and not capture.truncated:
-            timed_out = not _wait_exited(proc.pid, deadline)
+        if not timed_out and not capture.stop:
+            timed_out = not _wait_exited(proc.pid, deadline, capture)
     finally:
         # Whatever happened, nothing of this call outlives it.
         _kill_group(proc.pid, graceful=not _exited(proc.pid))
@@ -86,6 +103,7 @@ def run_process(
         timed_out=timed_out,
         truncated=capture.truncated,
         elapsed_s=time.monotonic() - started,
+        stopped=capture.stopped,
     )
 
 
@@ -106,6 +124,8 @@ def _pump(proc: subprocess.Popen[bytes], data: bytes | None, capture: _Capture, 
             if remaining <= 0:
                 return True
             events = sel.select(min(remaining, EXIT_POLL_S))
+            if capture.stop:
+                return False
             if not events and _exited(proc.pid):
                 return False  # a descendant may hold the pipes open; what is left is drained after the kill
             for key, _ in events:
@@ -149,11 +169,11 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
-def _wait_exited(pid: int, deadline: float) -> bool:
+def _wait_exited(pid: int, deadline: float, capture: _Capture) -> bool:
     delay = 0.001
     while not _exited(pid):
-        if time.monotonic() >= deadline:
-            return False
+        if time.monotonic() >= deadline or capture.stop:
+            return capture.stopped is not None
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
     return True

@@ -2,7 +2,8 @@
 
 The host side (`run_sandboxed`) starts `python -I -B -c <bootstrap>` under the sandbox with a JSON request
 on stdin: the function's import target ("module:qualname"), the import roots to put on sys.path (bound
-read-only into the sandbox), the validated arguments, and the context's workspace and user id. The sandbox
+read-only into the sandbox), the validated arguments, and the context's user id (its workspace is the
+sandbox's current directory, a staging copy of the real one). The sandbox
 side (`main`) imports the function, validates the arguments again, calls it with stdout redirected to
 stderr (so prints cannot forge the answer), and prints one JSON line: {"ok": true, "output": "..."} or
 {"ok": false, "error": "..."}.
@@ -44,7 +45,6 @@ def run_sandboxed(fn_tool: FunctionTool, args: BaseModel, ctx: ToolContext) -> s
         "paths": [str(p) for p in roots],
         "args": args.model_dump(mode="json"),
         "user_id": ctx.user_id,
-        "workspace": str(ctx.workspace),
     }
     result = ctx.sandbox.run(
         [sys.executable, "-I", "-B", "-c", _BOOTSTRAP],
@@ -52,9 +52,12 @@ def run_sandboxed(fn_tool: FunctionTool, args: BaseModel, ctx: ToolContext) -> s
         timeout_s=ctx.timeout_s,
         memory_mb=ctx.memory_mb,
         output_cap_bytes=ctx.output_cap_bytes,
+        workspace_cap_bytes=ctx.workspace_cap_bytes,
         stdin=json.dumps(request),
         readonly_paths=roots,
     )
+    if result.stopped:
+        raise ToolError(f"stopped: {result.stopped}; its changes to the workspace were discarded")
     if result.timed_out:
         raise ToolError(f"timed out after {ctx.timeout_s:g} s")
     reply = _read_reply(result.stdout)
@@ -119,5 +122,6 @@ def _call(request: dict[str, Any]) -> str:
         obj = getattr(obj, part)
     fn_tool = obj if isinstance(obj, FunctionTool) else tool(obj)
     args = fn_tool.args_model.model_validate(request["args"])
-    ctx = ToolContext(workspace=Path(request["workspace"]), user_id=str(request["user_id"]))
+    # The sandbox runs the function in a staging copy of the workspace: its current directory.
+    ctx = ToolContext(workspace=Path.cwd(), user_id=str(request["user_id"]))
     return fn_tool.run_here(args, ctx)

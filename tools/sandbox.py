@@ -13,9 +13,10 @@ inherited), cwd and HOME set to the workspace, stdout+stderr capped (the child i
 hit), and the whole process group killed on timeout.
 
 When this process runs as root, the command runs as uid/gid 65534 ("nobody"), never as root, so root-owned
-files stay unreadable even where they are visible. The workspace must then be writable by that user: before
-each run the workspace's root-owned entries (files with one link, directories; symlinks are never
-followed) are given to uid 65534. Choose a workspace dedicated to metagent when running as root.
+files stay unreadable even where they are visible.
+
+The command never sees the workspace itself: it works in a staging copy (tools/staging.py), size-capped while
+it runs, whose regular files are copied back when the call is over (links, FIFOs and devices never are).
 
 None of them is a security boundary against a kernel exploit: they share the host kernel. A later
 hardening step adds seccomp filters.
@@ -28,20 +29,22 @@ import json
 import math
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from agent.errors import ConfigError
-from tools.process import SandboxResult, run_process
+from tools.process import ProcessLimits, SandboxResult, run_process
+from tools.staging import Staged, stage
 
 SandboxMode = Literal["auto", "bwrap", "unshare", "none"]
 SANDBOX_UID = SANDBOX_GID = 65534
 FILE_SIZE_BYTES = 64 << 20
 TMPFS_BYTES = 64 << 20
+WORKSPACE_CAP_BYTES = 256 << 20
 MAX_PROCESSES = 64
 OPEN_FILES = 256
 HIDDEN_DIRS = ("/root", "/home", "/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt", "/media", "/srv")
@@ -74,10 +77,26 @@ class Sandbox(Protocol):
         output_cap_bytes: int,
         stdin: str | None = None,
         readonly_paths: Sequence[Path] = (),
+        workspace_cap_bytes: int = WORKSPACE_CAP_BYTES,
     ) -> SandboxResult:
-        """Run argv with cwd=workspace; `readonly_paths` (e.g. the directories a tool module is imported
-        from) are made visible read-only where the sandbox hides the host's files."""
+        """Run argv with cwd set to a staging copy of `workspace` (tools/staging.py): the changes come back into
+        the workspace when the call is over, unless it outgrew `workspace_cap_bytes`. `readonly_paths` (e.g. the
+        directories a tool module is imported from) are made visible read-only where the sandbox hides the
+        host's files."""
         ...
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One `Sandbox.run` request, as passed between the steps of a run."""
+
+    argv: Sequence[str]
+    timeout_s: float
+    memory_mb: int
+    output_cap_bytes: int
+    stdin: str | None
+    readonly_paths: Sequence[Path]
+    workspace_cap_bytes: int
 
 
 class _SandboxBase:
@@ -98,18 +117,29 @@ class _SandboxBase:
         output_cap_bytes: int,
         stdin: str | None = None,
         readonly_paths: Sequence[Path] = (),
+        workspace_cap_bytes: int = WORKSPACE_CAP_BYTES,
     ) -> SandboxResult:
         if not argv:
             raise ConfigError("sandbox: empty command")
         workspace = workspace.resolve()
         if not workspace.is_dir():
             raise ConfigError(f"sandbox workspace {workspace} is not a directory; create it first.")
-        if os.geteuid() == 0:
-            grant_workspace(workspace, SANDBOX_UID, SANDBOX_GID)
+        call = _Call(argv, timeout_s, memory_mb, output_cap_bytes, stdin, readonly_paths, workspace_cap_bytes)
+        staged = stage(workspace, workspace_cap_bytes, (SANDBOX_UID, SANDBOX_GID) if os.geteuid() == 0 else None)
+        try:
+            result = self._run_staged(call, staged)
+            if result.stopped is None:
+                result = replace(result, changes=staged.collect(workspace).summary())
+        finally:
+            staged.remove()
+        return result
+
+    def _run_staged(self, call: _Call, staged: Staged) -> SandboxResult:
+        workspace = staged.root
         limits = {
-            "cpu_s": math.ceil(timeout_s) + 1,
-            "address_space_bytes": memory_mb << 20,
-            "file_size_bytes": FILE_SIZE_BYTES,
+            "cpu_s": math.ceil(call.timeout_s) + 1,
+            "address_space_bytes": call.memory_mb << 20,
+            "file_size_bytes": min(FILE_SIZE_BYTES, call.workspace_cap_bytes),
             "core_bytes": 0,
             "open_files": OPEN_FILES,
         }
@@ -118,11 +148,12 @@ class _SandboxBase:
         plan: dict[str, Any] = {"limits": limits, "cwd": str(workspace)}
         if os.geteuid() == 0:
             plan.update(uid=SANDBOX_UID, gid=SANDBOX_GID)
-        binds = [(p, True) for p in _minimal_roots([*python_roots(), *map(_real, readonly_paths)])]
+        binds = [(p, True) for p in _minimal_roots([*python_roots(), *map(_real, call.readonly_paths)])]
         binds.append((str(workspace), False))
         init = [python_binary(), "-I", "-S", "-c", _init_source()]
-        command = [*self._wrap(init, plan, binds, workspace), *argv]
-        return run_process(command, sandbox_env(workspace), timeout_s, output_cap_bytes, stdin=stdin)
+        command = [*self._wrap(init, plan, binds, workspace), *call.argv]
+        stops = ProcessLimits(call.timeout_s, call.output_cap_bytes, watch=staged.over_cap)
+        return run_process(command, sandbox_env(workspace), stops, stdin=call.stdin)
 
     def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         raise NotImplementedError
@@ -138,8 +169,7 @@ class BwrapSandbox(_SandboxBase):
     terminal (new session), privileges (uid 65534 when started as root, NO_NEW_PRIVS), resources (rlimits).
 
     Does NOT protect against: kernel exploits (shared kernel; no seccomp filter yet), reading world-readable
-    files under /usr, using the CPU and memory within its limits, filling the workspace (file size capped per
-    file, not in total), or covert timing channels.
+    files under /usr, using the CPU and memory within its limits, or covert timing channels.
     """
 
     name = "bwrap"
@@ -152,7 +182,6 @@ class BwrapSandbox(_SandboxBase):
     )
     does_not_protect = (
         "kernel exploits (shared kernel, no seccomp filter yet)",
-        "disk use inside the workspace beyond the per-file size limit",
     )
 
     def __init__(self, executable: str | None = None) -> None:
@@ -304,27 +333,6 @@ def _minimal_roots(paths: Sequence[str]) -> list[str]:
 @functools.cache
 def _init_source() -> str:
     return (Path(__file__).parent / "sandbox_init.py").read_text(encoding="utf-8")
-
-
-def grant_workspace(workspace: Path, uid: int, gid: int) -> None:
-    """Give the workspace's root-owned directories and single-link files to the sandbox user.
-
-    Walks with directory descriptors and never follows symlinks, so a link planted by sandboxed code cannot
-    redirect the chown outside the workspace; files with several hard links are skipped (one could be a
-    link to a root file elsewhere).
-    """
-    st = os.stat(workspace)
-    if st.st_uid == 0:
-        os.chown(workspace, uid, gid)
-    for _, dirnames, filenames, dir_fd in os.fwalk(workspace, follow_symlinks=False):
-        for entry in [*dirnames, *filenames]:
-            try:
-                info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            is_dir = stat.S_ISDIR(info.st_mode)
-            if info.st_uid == 0 and (is_dir or (stat.S_ISREG(info.st_mode) and info.st_nlink == 1)):
-                os.chown(entry, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def detect_sandbox(mode: SandboxMode = "auto") -> Sandbox:

@@ -3,6 +3,7 @@ processes that no longer exist. Every available mode runs the same tests; unavai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -66,10 +67,14 @@ def needs_python(sandbox: Sandbox, workspace: Path) -> None:
         pytest.skip(f"{sandbox.name}: Python cannot run in this mode here: {result.stderr.strip()}")
 
 
-def test_runs_code_with_cwd_and_home_in_the_workspace(sandbox: Sandbox, workspace: Path) -> None:
-    result = sh(sandbox, workspace, 'echo "$PWD $HOME"; echo oops >&2; exit 3')
+def test_runs_code_with_cwd_and_home_in_a_copy_of_the_workspace(sandbox: Sandbox, workspace: Path) -> None:
+    (workspace / "seen.txt").write_text("host file\n")
+    result = sh(sandbox, workspace, 'echo "$PWD $HOME"; cat seen.txt; echo oops >&2; exit 3')
     assert result.exit_code == 3, result.stderr
-    assert result.stdout == f"{workspace} {workspace}\n" and result.stderr == "oops\n"
+    cwd, home = result.stdout.splitlines()[0].split()
+    assert cwd == home and cwd != str(workspace)  # a staging copy, never the workspace itself
+    assert result.stdout.splitlines()[1:] == ["host file"] and result.stderr == "oops\n"
+    assert not Path(cwd).exists()  # removed once the call is over
     assert not result.timed_out and not result.truncated and result.elapsed_s < 5
 
 
@@ -132,7 +137,7 @@ def test_environment_secrets_do_not_enter(sandbox: Sandbox, workspace: Path, mon
     result = sh(sandbox, workspace, "env > env.txt")
     assert result.exit_code == 0, result.stderr
     seen = (workspace / "env.txt").read_text()
-    assert f"HOME={workspace}" in seen
+    assert "HOME=/" in seen and "PATH=" in seen  # the file came back whole: absent names are not a fluke
     for name, value in secrets.items():
         assert name not in seen and value not in seen
 
@@ -216,7 +221,7 @@ def test_python_tool_and_sandboxed_function_tools_through_the_broker(mode: str, 
     (workspace / "data.txt").write_text("21")
     code = "n = int(open('data.txt').read())\nprint(n * 2)\nopen('out.txt', 'w').write('done')"
     # like an interactive session, the value of the final expression (write() returns 4) is shown too
-    assert broker.call(ToolCall("1", "python", {"code": code})).output == "42\n4"
+    assert broker.call(ToolCall("1", "python", {"code": code})).output == "42\n4\n[files written: out.txt]"
     assert (workspace / "out.txt").read_text() == "done"
     failed = broker.call(ToolCall("2", "python", {"code": "1/0"}))
     assert not failed.ok and failed.error is not None
@@ -225,9 +230,9 @@ def test_python_tool_and_sandboxed_function_tools_through_the_broker(mode: str, 
     inspected = broker.call(ToolCall("3", "inspect_sandbox", {"note": "hi"}), user_id="ann")
     assert inspected.ok, inspected.error
     expected_uid = 65534 if IS_ROOT else os.getuid()
-    assert inspected.output == (
-        f'{{"uid": {expected_uid}, "cwd": "{workspace}", "workspace": "{workspace}", "user": "ann"}}'
-    )
+    seen = json.loads(inspected.output)
+    assert seen["uid"] == expected_uid and seen["user"] == "ann"
+    assert seen["cwd"] == seen["workspace"] != str(workspace)  # the function works in the staging copy
     assert (workspace / "note.txt").read_text() == "hi"
     assert broker.call(ToolCall("4", "scratch_only", {})).output == "[]"  # not the workspace
     started = time.monotonic()
