@@ -87,6 +87,23 @@ class MemorySettings(_Section):
     min_score: float = Field(0.5, ge=-1.0, le=1.0)
 
 
+class ToolPolicySettings(_Section):
+    """[tools.policy.NAME]: the settings' say over one tool's policy (tools/base.py ToolPolicy); unset keys keep
+    what the tool declares."""
+
+    sandboxed: bool | None = Field(None, description="true runs it in the sandbox; false is refused")
+    network: list[str] | None = Field(None, description='hosts it may reach, e.g. ["api.github.com"]; [] = none')
+    filesystem: Literal["none", "workspace"] | None = None
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+    memory_mb: int | None = Field(None, ge=32)
+    output_cap_bytes: int | None = Field(None, ge=256)
+    approval: Literal["never", "always", "side_effects"] | None = None
+    side_effects: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class ToolSettings(_Section):
     workspace: str = Field("", description="directory file tools may use; empty = <home>/workspace")
     timeout_s: float = Field(10.0, gt=0, le=3600)
@@ -97,6 +114,53 @@ class ToolSettings(_Section):
     approval: list[str] = Field(default_factory=lambda: ["write_file"], description="tools that need a yes")
     sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     modules: list[str] = Field(default_factory=list, description="modules whose @tool functions are registered")
+    policy: dict[str, ToolPolicySettings] = Field(default_factory=dict, description="per-tool policy overrides")
+
+
+class McpServerSettings(_Section):
+    """One MCP server started over stdio, [mcp.servers.<name>]. Its tools are named <prefix><tool name>."""
+
+    command: list[str] = Field(description='the program and its arguments, e.g. ["python", "-m", "my_server"]')
+    env: dict[str, str] = Field(
+        default_factory=dict, description="the server's environment besides PATH, HOME, LANG and a few more; "
+        "nothing else of the host's environment is passed"
+    )
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="per tool call")
+    start_timeout_s: float = Field(30.0, gt=0, le=600, description="to start the server and list its tools")
+    approval: Literal["never", "always", "side_effects"] = Field(
+        "side_effects", description="side_effects: ask for tools the server does not mark readOnlyHint"
+    )
+    tools: list[str] | None = Field(None, description="the server's tools to register; None = all")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,32}$", description="prepended to each tool's name")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _a_program(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value or not isinstance(value[0], str) or not value[0].strip():
+            raise ValueError(f'command must be a list naming a program, e.g. ["python", "-m", "my_server"]; '
+                             f"got {value!r}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not k or "=" in k or "\0" in k]
+        if bad:
+            raise ValueError(f"environment variable names must be non-empty without '=': {bad}")
+        return value
+
+
+class McpSettings(_Section):
+    servers: dict[str, McpServerSettings] = Field(default_factory=dict, description="MCP servers by name")
+
+    @field_validator("servers")
+    @classmethod
+    def _server_names(cls, value: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
+        bad = [n for n in value if not n or len(n) > 64 or not all(c.isascii() and (c.isalnum() or c in "_-")
+                                                                     for c in n)]
+        if bad:
+            raise ValueError(f"MCP server names {bad}: use letters, digits, '_' or '-' (at most 64)")
+        return value
 
 
 class GuardSettings(_Section):

@@ -19,6 +19,8 @@ from agent.errors import AgentError, ConfigError
 from agent.types import ToolSpec
 
 if TYPE_CHECKING:
+    import httpx
+
     from tools.sandbox import Sandbox
 
 Approval = Literal["never", "always", "side_effects"]
@@ -35,13 +37,14 @@ class ToolPolicy:
 
     sandboxed   run in a child process under the sandbox (no network, only the workspace writable);
                 a sandboxed tool with filesystem="none" gets an empty scratch directory, not the workspace
-    network     the tool talks to the network; refused unless the broker allows it by name
+    network     the hosts the tool may reach through `ctx.http_client()` (tools/network.py): () = none,
+                ("api.example.com", "*.example.org", "host:8443"), or ("*",) for any; other hosts are refused
     approval    "always", "side_effects" (when side_effects is true) or "never" ask a human first
     filesystem  "workspace": the tool reads or writes files in the workspace; "none": it touches no files
     """
 
     sandboxed: bool = False
-    network: bool = False
+    network: tuple[str, ...] = ()
     timeout_s: float | None = None
     memory_mb: int | None = None
     output_cap_bytes: int | None = None
@@ -50,6 +53,9 @@ class ToolPolicy:
     filesystem: FilesystemScope = "none"
 
     def __post_init__(self) -> None:
+        from tools.network import check_hosts
+
+        object.__setattr__(self, "network", check_hosts("tool policy", self.network))
         if self.approval not in ("never", "always", "side_effects"):
             raise ConfigError(f"tool approval {self.approval!r} is not one of 'never', 'always', 'side_effects'")
         if self.filesystem not in ("none", "workspace"):
@@ -72,12 +78,28 @@ class ToolPolicy:
             policy = cls(**options)
         except TypeError as e:
             raise ConfigError(f"{owner}: invalid tool options {options}: {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{owner}: {e}".replace("tool policy: ", "")) from e
         if policy.sandboxed and policy.network:
             raise ConfigError(
-                f"{owner}: a sandboxed tool has no network (the sandbox cuts it off); drop network=True "
+                f"{owner}: a sandboxed tool has no network (the sandbox cuts it off); drop network=... "
                 "or sandboxed=True."
             )
         return policy
+
+    def overridden(self, owner: str, overrides: dict[str, Any]) -> ToolPolicy:
+        """This policy with the settings' [tools.policy.NAME] values on top. A sandboxed tool stays sandboxed:
+        settings may tighten that, never loosen it (use [tools] sandbox = "none" to run without a sandbox)."""
+        if self.sandboxed and overrides.get("sandboxed") is False:
+            raise ConfigError(
+                f"{owner}: sandboxed = false cannot unsandbox a tool that runs untrusted code; remove it "
+                '(or set [tools] sandbox = "none" to run every sandboxed tool unsandboxed, at your own risk)'
+            )
+        merged = {f.name: getattr(self, f.name) for f in fields(self)}
+        merged.update(overrides)
+        if isinstance(merged["network"], list):
+            merged["network"] = tuple(merged["network"])
+        return ToolPolicy.from_options(owner, merged)
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,15 @@ class ToolContext:
     memory_mb: int = 512
     output_cap_bytes: int = 1 << 20
     workspace_cap_bytes: int = 256 << 20
+    tool_name: str = ""
+    network: tuple[str, ...] = ()  # the hosts http_client() may reach
+
+    def http_client(self) -> httpx.Client:
+        """An httpx.Client that reaches only the hosts in the tool's network policy (tools/network.py); a
+        request to any other host raises NetworkBlocked, which the model sees as the call's error."""
+        from tools.network import allowlist_client
+
+        return allowlist_client(self.tool_name or "?", self.network, timeout_s=self.timeout_s)
 
 
 @runtime_checkable

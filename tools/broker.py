@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,17 +45,15 @@ class Broker:
         settings: ToolSettings,
         workspace: Path,
         sandbox: Sandbox | None = None,
-        allow_network: Collection[str] = (),
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.workspace = workspace.expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
-        # Names of tools with policy network=True that may run (no settings key for this yet).
-        self.allow_network = frozenset(allow_network)
+        self._policies = effective_policies(registry, settings)
         self._sandbox = sandbox
         self._sandbox_lock = threading.Lock()
-        if sandbox is None and any(t.policy.sandboxed for t in registry):
+        if sandbox is None and any(p.sandboxed for p in self._policies.values()):
             self.sandbox()  # a missing sandbox is a configuration error: surface it at build time
 
     def sandbox(self) -> Sandbox:
@@ -68,12 +66,16 @@ class Broker:
     def specs(self) -> list[ToolSpec]:
         return self.registry.specs()
 
+    def policy(self, tool: Tool) -> ToolPolicy:
+        """The policy the broker applies to a tool: its own, with the settings' [tools.policy.NAME] on top."""
+        return self._policies.get(tool.name) or tool.policy
+
     def needs_approval(self, call: ToolCall) -> bool:
         """Whether a human must approve this call first (policy, or the tool is listed in settings.approval)."""
         found = self.registry.get(call.name)
         if found is None:
             return False
-        policy = found.policy
+        policy = self.policy(found)
         return (
             call.name in self.settings.approval
             or policy.approval == "always"
@@ -97,7 +99,7 @@ class Broker:
             return _failed(call, str(e), started)
         except Exception as e:  # the tool's own bug or bad input: the model reads it and may retry
             return _failed(call, f"{type(e).__name__}: {e}", started)
-        cap = found.policy.output_cap_bytes or self.settings.output_cap_bytes
+        cap = self.policy(found).output_cap_bytes or self.settings.output_cap_bytes
         return ToolResult(call.id, call.name, True, truncate(output, cap), elapsed_s=time.monotonic() - started)
 
     def call_many(self, calls: Sequence[ToolCall], user_id: str = "default") -> list[ToolResult]:
@@ -129,10 +131,7 @@ class Broker:
         return f"unknown tool {name!r}.{hint} Available tools: {available}. Call one of them by its exact name."
 
     def _refusal(self, found: Tool) -> str | None:
-        policy = found.policy
-        if policy.network and found.name not in self.allow_network:
-            return f"tool {found.name} needs the network, which is not allowed for it here; use another tool."
-        if policy.sandboxed:
+        if self.policy(found).sandboxed:
             try:
                 sandbox = self.sandbox()
             except ConfigError as e:
@@ -145,21 +144,22 @@ class Broker:
         return None
 
     def _run(self, found: Tool, args: BaseModel, user_id: str) -> str:
-        policy = found.policy
+        policy = self.policy(found)
         if not policy.sandboxed:
-            ctx = self._context(policy, self.workspace, user_id, None)
+            ctx = self._context(found, self.workspace, user_id, None)
             return _run_in_thread(found, args, ctx, ctx.timeout_s)
         # A sandboxed tool that touches no files gets an empty scratch directory, not the workspace.
         scratch = None if policy.filesystem == "workspace" else Path(tempfile.mkdtemp(prefix="metagent-tool-"))
         try:
-            ctx = self._context(policy, scratch or self.workspace, user_id, self.sandbox())
+            ctx = self._context(found, scratch or self.workspace, user_id, self.sandbox())
             return _run_in_thread(found, args, ctx, ctx.timeout_s + SANDBOX_START_MARGIN_S, ctx.timeout_s)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    def _context(self, policy: ToolPolicy, workspace: Path, user_id: str, sandbox: Sandbox | None) -> ToolContext:
+    def _context(self, found: Tool, workspace: Path, user_id: str, sandbox: Sandbox | None) -> ToolContext:
         """The context for one call: the policy's limits, else the settings' defaults."""
+        policy = self.policy(found)
         return ToolContext(
             workspace=workspace,
             user_id=user_id,
@@ -168,7 +168,24 @@ class Broker:
             memory_mb=policy.memory_mb or self.settings.memory_mb,
             output_cap_bytes=policy.output_cap_bytes or self.settings.output_cap_bytes,
             workspace_cap_bytes=self.settings.workspace_cap_mb << 20,
+            tool_name=found.name,
+            network=policy.network,
         )
+
+
+def effective_policies(registry: ToolRegistry, settings: ToolSettings) -> dict[str, ToolPolicy]:
+    """Each registered tool's policy with its [tools.policy.NAME] settings on top; ConfigError for settings that
+    name no registered tool (a typo would otherwise silently leave a tool unrestricted)."""
+    names = registry.names()
+    unknown = sorted(set(settings.policy) - set(names))
+    if unknown:
+        raise ConfigError(f"[tools.policy] names tools that are not registered: {unknown}; the tools are {names}")
+    return {
+        t.name: t.policy.overridden(f"[tools.policy.{t.name}]", settings.policy[t.name].overrides())
+        if t.name in settings.policy
+        else t.policy
+        for t in registry
+    }
 
 
 def _run_in_thread(

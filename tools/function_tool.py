@@ -62,7 +62,8 @@ class FunctionTool:
         return spec_for(self.name, self.description, self.args_model)
 
     def run(self, args: BaseModel, ctx: ToolContext) -> str:
-        if self.policy.sandboxed:
+        # The broker hands a sandbox only to calls whose effective policy (settings included) is sandboxed.
+        if ctx.sandbox is not None:
             from tools.runner import run_sandboxed
 
             return run_sandboxed(self, args, ctx)

@@ -56,7 +56,7 @@ def launch() -> str:
     return "launched"
 
 
-@tool(network=True)
+@tool(network=["example.com"])
 def fetch(url: str) -> str:
     """Pretend to fetch a URL."""
     return url
@@ -183,13 +183,6 @@ def test_approval_rules(tmp_path: Path) -> None:
     assert broker.needs_approval(call("write_file", path="a", content="b"))  # built-in policy
     assert not broker.needs_approval(call("calculator", expression="1"))
     assert not broker.needs_approval(call("nope"))
-
-
-def test_network_tools_are_refused_unless_allowed(tmp_path: Path) -> None:
-    refused = make_broker(tmp_path).validate(call("fetch", url="http://x"))
-    assert refused is not None and "needs the network" in (refused.error or "")
-    allowed = Broker(ToolRegistry([fetch]), ToolSettings.model_validate({}), tmp_path, allow_network=["fetch"])
-    assert allowed.call(call("fetch", url="http://x")).output == "http://x"
 
 
 def test_python_is_refused_without_a_real_sandbox_unless_configured(tmp_path: Path) -> None:

@@ -125,7 +125,11 @@ def test_var_args_and_unknown_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="timeout_s must be positive"):
         tool(timeout_s=0)(add.fn)
     with pytest.raises(ConfigError, match="no network"):
-        tool(sandboxed=True, network=True)(add.fn)
+        tool(sandboxed=True, network=["example.com"])(add.fn)
+    with pytest.raises(ConfigError, match="network must be a list of host names"):
+        tool(network=True)(add.fn)
+    with pytest.raises(ConfigError, match="not a host name pattern"):
+        tool(network=["http://example.com/x"])(add.fn)
 
 
 def test_sandboxed_tool_must_be_importable() -> None:
