@@ -85,20 +85,24 @@ SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", 
                "/srv", "/sys", "/tmp", "/usr", "/var")
 
 
-def check_workspace(path: Path) -> Path:
-    """The workspace is the one directory tools may write, and as root the sandbox hands it to an unprivileged
-    user: a system directory or a whole home directory must never be it."""
+def check_workspace(path: Path, home: Path | None = None) -> Path:
+    """The workspace is the one directory tools may write: a system directory, a whole home directory, or one
+    holding the data directory (checkpoints, journal, settings, memory) must never be it."""
     resolved = path.expanduser().resolve()
     if str(resolved) in SYSTEM_DIRS or resolved == Path.home().resolve():
         raise ConfigError(f"[tools] workspace = {str(path)!r} is a system or home directory; point it at a "
                           "dedicated folder (the default is <data dir>/workspace)")
+    data = home.expanduser().resolve() if home is not None else None
+    if data is not None and (resolved == data or resolved in data.parents):
+        raise ConfigError(f"[tools] workspace = {str(path)!r} contains the data directory {data} (checkpoints, "
+                          "settings, memory): tools must never write those; the default is <data dir>/workspace")
     return resolved
 
 
 def make_broker(settings: Settings, registry: ToolRegistry) -> Broker:
     from tools import Broker
 
-    check_workspace(settings.workspace_dir)
+    check_workspace(settings.workspace_dir, settings.home)
     settings.workspace_dir.mkdir(parents=True, exist_ok=True)
     return Broker(registry, settings.tools, settings.workspace_dir)
 

@@ -141,6 +141,13 @@ def test_a_system_directory_is_never_the_workspace(_isolated_home):
     assert proc.returncode == 2 and "system or home directory" in proc.stderr
 
 
+def test_the_data_directory_is_never_inside_the_workspace(_isolated_home):
+    for workspace in (_isolated_home, _isolated_home.parent):
+        proc = metagent("tools", "call", "list_dir", "{}", home=_isolated_home,
+                        env={"METAGENT_TOOLS__WORKSPACE": str(workspace)})  # fmt: skip
+        assert proc.returncode == 2 and "contains the data directory" in proc.stderr, proc.stderr
+
+
 def test_resume_without_a_pending_approval_is_a_fast_clear_error(_isolated_home):
     proc = metagent("resume", "nothing-here", "yes", home=_isolated_home, timeout=60)
     assert proc.returncode == 2 and "no pending approval" in proc.stderr
