@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
 
@@ -112,7 +112,7 @@ class ToolSettings(_Section):
     memory_mb: int = Field(512, ge=32)
     max_parallel: int = Field(4, ge=1, le=64)
     approval: list[str] = Field(default_factory=lambda: ["write_file"], description="tools that need a yes")
-    sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    sandbox: Literal["auto", "bwrap", "landlock", "unshare", "none"] = "auto"
     modules: list[str] = Field(default_factory=list, description="modules whose @tool functions are registered")
     policy: dict[str, ToolPolicySettings] = Field(default_factory=dict, description="per-tool policy overrides")
 
@@ -182,6 +182,7 @@ class Settings(_Section):
     memory: MemorySettings = Field(default_factory=lambda: MemorySettings())
     tools: ToolSettings = Field(default_factory=lambda: ToolSettings())
     guards: GuardSettings = Field(default_factory=lambda: GuardSettings())
+    mcp: McpSettings = Field(default_factory=lambda: McpSettings())
     adapters: dict[str, str] = Field(default_factory=dict, description="task kind -> adapter name")
 
     # Paths inside the data directory. Nothing is created until a command needs it.
