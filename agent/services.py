@@ -7,12 +7,12 @@ call` never loads a model, `metagent ingest` never opens the checkpoint database
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config import Settings
+from agent.config import McpServerSettings, Settings
 from agent.errors import ConfigError
 from agent.protocols import LLM, Embedder
 
@@ -57,12 +57,22 @@ def load_llm(settings: Settings, adapters: AdapterRegistry, progress: Progress |
 
 
 def make_registry(tools: Sequence[Any], modules: Sequence[str] = (), retriever: Any = None,
-                  episodes: Any = None) -> ToolRegistry:
-    """Built-in tools plus the user's own (functions are wrapped with @tool)."""
+                  episodes: Any = None, mcp_servers: Mapping[str, McpServerSettings] | None = None) -> ToolRegistry:
+    """Built-in tools plus the user's own (functions are wrapped with @tool, LangChain tools adapted) plus
+    the tools of the MCP servers, which are started here; `registry.close()` stops them."""
     from tools import ToolRegistry, builtin_tools
 
     from_modules = [t for module in modules for t in module_tools(module)]
-    return ToolRegistry([*builtin_tools(retriever=retriever, episodes=episodes), *tools, *from_modules])
+    registry = ToolRegistry([*builtin_tools(retriever=retriever, episodes=episodes), *tools, *from_modules])
+    if mcp_servers:
+        from tools.mcp_tools import register_servers
+
+        try:
+            register_servers(registry, mcp_servers)
+        except BaseException:
+            registry.close()
+            raise
+    return registry
 
 
 def module_tools(module_name: str) -> list[Any]:
@@ -147,6 +157,7 @@ class Services:
         if self.closed:
             return
         self.closed = True
+        self.registry.close()  # stops the MCP servers
         self.store.close()
         conn = getattr(self.checkpointer, "conn", None)
         if conn is not None:
@@ -161,6 +172,7 @@ def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], em
     say = progress or (lambda _msg: None)
     say("opening the data directory")
     store = open_store(settings)
+    registry: ToolRegistry | None = None
     try:
         embedder = embedder or make_embedder()
         documents = make_documents(settings, store, embedder)
@@ -168,7 +180,8 @@ def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], em
         adapters = AdapterRegistry(settings)
         if llm is None:
             llm = load_llm(settings, adapters, progress)
-        registry = make_registry(tools, settings.tools.modules, retriever=documents, episodes=episodes)
+        registry = make_registry(tools, settings.tools.modules, retriever=documents, episodes=episodes,
+                                 mcp_servers=settings.mcp.servers)
         return Services(
             settings=settings, llm=llm, embedder=embedder, store=store, documents=documents,
             episodes=episodes, classifier=make_classifier(settings, embedder, llm), registry=registry,
@@ -177,4 +190,6 @@ def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], em
         )
     except BaseException:
         store.close()
+        if registry is not None:
+            registry.close()
         raise
