@@ -199,24 +199,30 @@ def tools(args: argparse.Namespace, settings: Settings) -> int:
         embedder = make_embedder()
         retriever = make_documents(settings, store, embedder) if store else None
         episodes = make_episodes(settings, store, embedder) if store else None
-        registry = make_registry((), settings.tools.modules, retriever=retriever, episodes=episodes)
-        if args.action == "list":
-            return _list_tools(registry, args.json)
-        return _call_tool(registry, settings, args)
+        registry = make_registry((), settings.tools.modules, retriever=retriever, episodes=episodes,
+                                 mcp_servers=settings.mcp.servers)
+        try:
+            if args.action == "list":
+                return _list_tools(registry, args.json)
+            return _call_tool(registry, settings, args)
+        finally:
+            registry.close()  # stops the MCP servers
     finally:
         if store is not None:
             store.close()
 
 
 def _list_tools(registry: Any, as_json: bool) -> int:
-    specs = registry.specs()
+    from tools.registry import tool_source
+
+    rows = [(t.spec(), tool_source(t)) for t in registry]
     if as_json:
-        print(json.dumps([{"name": s.name, "description": s.description, "parameters": s.parameters}
-                          for s in specs], ensure_ascii=False))
+        print(json.dumps([{"name": s.name, "source": source, "description": s.description,
+                           "parameters": s.parameters} for s, source in rows], ensure_ascii=False))
         return EXIT_OK
-    table = Table("tool", "description", "arguments")
-    for s in specs:
-        table.add_row(s.name, s.description, ", ".join(s.parameters.get("properties", {})))
+    table = Table("tool", "source", "description", "arguments")
+    for s, source in rows:
+        table.add_row(s.name, source, s.description, ", ".join(s.parameters.get("properties", {})))
     out.print(table)
     return EXIT_OK
 

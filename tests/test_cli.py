@@ -27,7 +27,8 @@ def test_tools_list_json_shape(_isolated_home):
     names = {t["name"] for t in tools}
     assert {"calculator", "python", "read_file", "write_file", "list_dir", "search_docs", "recall"} <= names
     for t in tools:
-        assert set(t) == {"name", "description", "parameters"} and t["parameters"]["type"] == "object"
+        assert set(t) == {"name", "source", "description", "parameters"} and t["parameters"]["type"] == "object"
+        assert t["source"] == "builtin"
 
 
 def test_tools_call_good_and_bad(_isolated_home):

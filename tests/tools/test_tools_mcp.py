@@ -300,3 +300,25 @@ def test_a_server_stopped_with_the_interpreter_leaves_nothing(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert wait_until_gone(with_tag(tag)) == []
     assert in_group(int(done.stdout.strip())) == []
+
+
+def test_the_cli_lists_and_calls_mcp_tools_with_their_source(_isolated_home: Path) -> None:
+    import json
+    import subprocess
+
+    _isolated_home.mkdir(parents=True)
+    (_isolated_home / "settings.toml").write_text(
+        f"[mcp.servers.notes]\ncommand = [{json.dumps(sys.executable)}, {json.dumps(SERVER)}, 'normal']\n"
+        "prefix = 'notes_'\ntools = ['read_notes', 'add']\n")
+    env = {**os.environ, "METAGENT_HOME": str(_isolated_home)}
+
+    def metagent(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL)
+
+    listed = metagent("tools", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    sources = {t["name"]: t["source"] for t in json.loads(listed.stdout)}
+    assert sources["notes_read_notes"] == sources["notes_add"] == "mcp:notes" and sources["calculator"] == "builtin"
+    called = metagent("tools", "call", "notes_add", '{"a": 2, "b": 40}')
+    assert json.loads(called.stdout) == {"ok": True, "output": "42", "error": None}, called.stderr
