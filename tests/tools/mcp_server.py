@@ -3,7 +3,7 @@
 modes:
     normal   add, echo, read_notes (read-only), explode (raises), nested (an object argument), slow, env.keys
     hostile  one tool whose name, description and schema carry control, zero-width and bidi characters, 10 KB long
-    flood    a tool returning 5 MB of text, one that writes 5 MB to stderr, one with a 40 KB argument schema
+    flood    tools returning 5 MB of text, writing 5 MB to stderr or 2 MB of junk to stdout; a 40 KB schema
     fail     writes a message to stderr and exits before the handshake
     hang     never answers the handshake
     daemon   like normal, plus a grandchild process in the server's process group (it must die with it)
@@ -82,6 +82,13 @@ def flood(server: MCPServer) -> None:
     def wide(choice: Annotated[str, Field(json_schema_extra={"enum": [f"option-{i}" for i in range(3000)]})]) -> str:
         """A tool whose argument schema is about 40 KB."""
         return choice
+
+    @server.tool()
+    def junk() -> str:
+        """Write two megabytes of lines that are not JSON-RPC to stdout, then answer."""
+        for _ in range(20):
+            os.write(1, b"J" * 100_000 + b"\n")
+        return "answered anyway"
 
     @server.tool()
     def noisy() -> str:

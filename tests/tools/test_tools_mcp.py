@@ -207,18 +207,20 @@ def test_a_hostile_server_is_cleaned_before_the_prompt(tmp_path: Path) -> None:
     assert result.ok and result.output == "okpq"
 
 
-def test_megabytes_of_output_and_stderr_are_capped(tmp_path: Path) -> None:
+def test_megabytes_of_output_stderr_and_stdout_junk_are_capped(tmp_path: Path) -> None:
     registry = ToolRegistry()
     try:
-        register_servers(registry, {"f": server_settings("flood", tools=["big", "noisy"])})
+        register_servers(registry, {"f": server_settings("flood", tools=["big", "noisy", "junk"])})
         broker = Broker(registry, ToolSettings(output_cap_bytes=4096), tmp_path)
         big = call(broker, "big", {})
         noisy = call(broker, "noisy", {})
+        junk = call(broker, "junk", {})
     finally:
         registry.close()
     assert big.ok and len(big.output.encode()) < 4096 + 100 and "bytes cut" in big.output
     assert big.output.endswith("END") and _visible(big.output)  # the tail is kept, NUL and escapes removed
     assert noisy.ok and noisy.output == "still here"  # 5 MB on stderr neither blocked it nor was kept
+    assert junk.ok and junk.output == "answered anyway"  # lines that are not JSON-RPC are dropped
 
 
 def test_an_oversized_argument_schema_is_refused_by_name() -> None:
