@@ -1,16 +1,23 @@
-"""The first program inside every sandbox: resource limits, mounts (unshare mode), privilege drop, exec.
+"""The first program inside every sandbox: resource limits, mounts (unshare mode), privilege drop, Landlock
+(landlock mode), seccomp, exec.
 
-It runs as `python -I -S -c <this file's source> <plan as JSON> -- <argv>`, so it needs nothing but the
-standard library and no file of this project inside the sandbox. Steps, in order:
+It runs as `python -I -S -c <bootstrap> <plan> -- <argv>` (the plan: a dict, marshalled, in hex), so it
+needs nothing but the standard library and no file of this project inside the sandbox: the bootstrap
+(tools.sandbox_plan.init_source) defines `tools.seccomp` and `tools.landlock` from their compiled code, then
+runs this file's. Steps, in order:
 
 1. rlimits (CPU seconds, address space, processes, file size, no core dumps, open files);
 2. in unshare mode only, as root of the new mount namespace: hide host directories (/root, /home, /tmp,
    /run...) under empty tmpfs mounts, then bind back the directories the command needs (Python, the
    workspace read-write) at their own paths, read-only except the workspace;
-3. when started as root: drop to the sandbox user (uid/gid 65534 by default) with no supplementary groups,
+3. in landlock mode only: become a child subreaper and fork (see `supervise`); the child goes on, under a
+   Landlock ruleset built before the fork (tools/landlock.py);
+4. when started as root: drop to the sandbox user (uid/gid 65534 by default) with no supplementary groups,
    so no capability is left; as root of a user namespace instead: empty the capability bounding set;
-4. PR_SET_NO_NEW_PRIVS, so no setuid binary or file capability can raise privileges again;
-5. chdir to the workspace and exec the command (PATH from the scrubbed environment).
+5. PR_SET_NO_NEW_PRIVS, so no setuid binary or file capability can raise privileges again;
+6. chdir to the workspace, install the seccomp filter (tools/seccomp.py; which socket families are allowed
+   comes from the plan), restore the signals Python ignores, and exec the command (PATH from the scrubbed
+   environment).
 
 Setup failures exit 125, an unrunnable command 126, a missing one 127, with a "sandbox:" line on stderr.
 """
@@ -18,18 +25,31 @@ Setup failures exit 125, an unrunnable command 126, a missing one 127, with a "s
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import resource
 import sys
-from typing import Any
+import time
+
+from tools import landlock, seccomp
+
+# Every millisecond of this program's start is paid on each sandboxed call, so it imports neither `typing`
+# nor `signal` (both pull in enum and functools) nor `json` (re): `_signal` is the C module behind `signal`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from typing import Any, NoReturn
+else:
+    import _signal as signal
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME,
             4096: MS_RELATIME}  # fmt: skip
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 24, 36, 38
+SUPERVISOR_GRACE_S = 0.1  # shorter than the host's grace (tools/process.py), so cleanup ends before its SIGKILL
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STICKY_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 LIMITS = {
     "cpu_s": resource.RLIMIT_CPU,
@@ -46,25 +66,48 @@ class SetupError(Exception):
 
 
 def main(args: list[str]) -> None:
-    plan: dict[str, Any] = json.loads(args[0])
+    plan: dict[str, Any] = marshal.loads(bytes.fromhex(args[0]))
     argv = args[2:]
+    if plan.get("landlock") is not None:
+        supervise(plan, argv)
     try:
         os.umask(0o022)
         set_limits(plan["limits"])
         if plan.get("mounts") is not None:
             mount_view(plan["mounts"], plan.get("hide", []), plan.get("tmpfs_bytes", 64 << 20))
-        if plan.get("uid") is not None:
-            drop_user(int(plan["uid"]), int(plan["gid"]))
-        elif plan.get("drop_bounding_caps") and os.getuid() == 0:
-            # Root of a user namespace: exec would hand it every capability of the namespace again.
-            drop_bounding_caps()
-        libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        try:
-            os.chdir(plan["cwd"])
-        except OSError as e:
-            raise SetupError(f"cannot enter the workspace {plan['cwd']}: {e.strerror}{_hint(plan)}") from e
-    except (SetupError, OSError) as e:
+        enter(plan)
+    except (SetupError, OSError, seccomp.SeccompError) as e:
         fail(125, str(e))
+    execute(argv, plan)
+
+
+def enter(plan: dict[str, Any]) -> None:
+    """The steps every mode shares, after which only exec is left: drop privileges, NO_NEW_PRIVS, enter the
+    workspace, install the seccomp filter (last: it would refuse some of the steps before)."""
+    if plan.get("uid") is not None:
+        drop_user(int(plan["uid"]), int(plan["gid"]))
+    elif plan.get("drop_bounding_caps") and os.getuid() == 0:
+        # Root of a user namespace: exec would hand it every capability of the namespace again.
+        drop_bounding_caps()
+    libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    try:
+        os.chdir(plan["cwd"])
+    except OSError as e:
+        raise SetupError(f"cannot enter the workspace {plan['cwd']}: {e.strerror}{_hint(plan)}") from e
+    rules = plan.get("seccomp")
+    if rules is not None:
+        families = rules.get("socket_families")
+        try:
+            seccomp.install(None if families is None else tuple(families))
+        except seccomp.SeccompError:
+            if rules.get("required", True):
+                raise
+
+
+def execute(argv: list[str], plan: dict[str, Any]) -> NoReturn:
+    # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, so give them back.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, *STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
@@ -73,7 +116,118 @@ def main(args: list[str]) -> None:
         fail(126, f"cannot execute {argv[0]}: {e.strerror}{_hint(plan)}")
 
 
-def fail(code: int, message: str) -> None:
+def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
+    """Landlock mode: stay outside the Landlock domain as a child subreaper, run the command in a child, and
+    when it ends (or the host sends SIGTERM/SIGINT/SIGHUP) kill every process left below, including
+    double-forked and setsid'ed daemons, which the kernel reparents here. Exits like the command did.
+
+    The child cannot signal or ptrace this process: Landlock's signal scope (ABI 6) and the seccomp filter
+    stop it, and /proc is outside its rules. Not covered: if this process is SIGKILLed (the host escalates
+    only after its grace, longer than ours), whatever is left is reparented to the host's subreaper or init.
+    """
+    rules = plan["landlock"]
+    try:
+        os.umask(0o022)
+        set_limits(plan["limits"])
+        ruleset = landlock.build_ruleset(rules["read_only"], rules["read_write"])
+        if libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise SetupError(f"cannot become a child subreaper: {os.strerror(ctypes.get_errno())}")
+    except (SetupError, OSError, landlock.LandlockError) as e:
+        fail(125, str(e))
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # until each side has its handlers
+    pid = os.fork()
+    if pid == 0:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            landlock.restrict_self(ruleset)
+            enter(plan)
+        except (SetupError, OSError, landlock.LandlockError, seccomp.SeccompError) as e:
+            fail(125, str(e))
+        execute(argv, plan)
+    os.close(ruleset)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the command alone reads the input: its end of the pipe closes with it
+    os.close(null)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _, status = os.waitpid(pid, 0)
+    kill_descendants()
+    exit_like(status)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """The host wants the call over: TERM what is below, a short grace, then KILL it all; then die of the
+    same signal, as the command would have."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    for pid in children():
+        _signal(pid, signal.SIGTERM)
+    end = time.monotonic() + SUPERVISOR_GRACE_S
+    while reap() and time.monotonic() < end:
+        time.sleep(0.005)
+    kill_descendants()
+    exit_like(signum)  # a raw signal number is a valid wait status: "killed by signum"
+
+
+def children() -> list[int]:
+    """This process's children, from /proc (CONFIG_PROC_CHILDREN's children files are often missing)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def reap() -> bool:
+    """Reap every child that has exited; False once no child is left at all."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+    except ChildProcessError:
+        return False
+    return True
+
+
+def kill_descendants() -> None:
+    """SIGKILL the children until none is left. Only direct children are signalled: they cannot be reaped by
+    anyone else, so their pids cannot have been reused. Killing one reparents its own children here (we are
+    a subreaper), and the next round gets them."""
+    while reap():
+        for pid in children():
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.001)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def exit_like(status: int) -> NoReturn:
+    """Exit with the command's wait status: the same exit code, or death by the same signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # only if the signal does not end a process
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def fail(code: int, message: str) -> NoReturn:
     sys.stderr.write(f"sandbox: {message}\n")
     sys.stderr.flush()
     os._exit(code)
