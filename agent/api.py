@@ -81,17 +81,26 @@ class Agent:
         run = new_run(text, _new_id(), user_id, kind)
         yield from self._drive(run, thread)
 
-    def resume(self, thread_id: str, decisions: bool | Mapping[str, bool]) -> Result:
-        """Answer a pending approval: True/False for all calls, or {call_id: bool} (unlisted ids are denied)."""
+    def resume(self, thread_id: str, decisions: bool | Mapping[str, bool] | None = None) -> Result:
+        """Answer a pending approval, or continue a run that was cut off; see resume_stream()."""
         return _final(self.resume_stream(thread_id, decisions))
 
-    def resume_stream(self, thread_id: str, decisions: bool | Mapping[str, bool]) -> Iterator[Event]:
-        from langgraph.types import Command
+    def resume_stream(self, thread_id: str, decisions: bool | Mapping[str, bool] | None = None
+                      ) -> Iterator[Event]:
+        """Go on with a thread's paused run, yielding its events.
 
-        if not self.pending(thread_id):
-            raise ConfigError(f"thread {thread_id!r} has no pending approval to resume")
-        yield from self._drive(Command(resume=decisions if isinstance(decisions, bool) else dict(decisions)),
-                               thread_id)
+        Waiting for approval: `decisions` is True/False for every pending call, or {call_id: bool}. Only an
+        explicit True approves; ids left out are denied; an id that is not pending, or a value that is not a
+        bool, is a ConfigError and nothing runs. Each answer goes to its own call by id, whatever the order
+        of the calls or how alike they are.
+
+        Cut off mid-run (the process ended during a step): the run goes on from its last checkpoint with
+        `decisions` None or True (there is nothing to decide; calls approved before stay approved, and the
+        call journal keeps any call from running twice). False is refused: send a new request instead, which
+        abandons the cut-off run.
+        """
+        state = self._graph.get_state(self._config(thread_id))
+        yield from self._drive(_resume_input(thread_id, state, decisions), thread_id)
 
     def pending(self, thread_id: str) -> list[Approval]:
         """The tool calls a paused run of this thread waits on (empty when it waits on nothing)."""
@@ -177,7 +186,7 @@ def _deps(settings: Settings, s: Services) -> Any:
     from graphs import Deps
 
     return Deps(settings=settings, llm=s.llm, classifier=s.classifier, broker=s.broker, guards=s.guards,
-                adapters=s.adapters, retriever=s.documents, episodes=s.episodes)
+                adapters=s.adapters, retriever=s.documents, episodes=s.episodes, journal=s.journal)
 
 
 def _final(events: Iterator[Event]) -> Result:
@@ -188,6 +197,41 @@ def _final(events: Iterator[Event]) -> Result:
     if final is None:  # a run always ends with Final; this guards against a broken graph
         raise AgentError("the run ended without a result")
     return final
+
+
+def _resume_input(thread_id: str, state: Any, decisions: bool | Mapping[str, bool] | None) -> Any:
+    """The graph input that resumes `state`: every pending interrupt answered by its own id (LangGraph
+    then never guesses which interrupt a value belongs to), or None to continue a cut-off run."""
+    from langgraph.types import Command
+
+    if state.interrupts:
+        pending = [call["id"] for intr in state.interrupts for call in intr.value.get("calls", [])]
+        answers = _decisions(thread_id, pending, decisions)
+        return Command(resume={intr.id: {call["id"]: answers[call["id"]] for call in intr.value.get("calls", [])}
+                               for intr in state.interrupts})
+    if state.next:
+        if decisions is not None and decisions is not True:
+            raise ConfigError(f"thread {thread_id!r} has no pending approval: its last run was cut off before "
+                              "it finished. Resume it with True (yes) to continue, or send a new request.")
+        return None
+    raise ConfigError(f"thread {thread_id!r} has no pending approval to resume")
+
+
+def _decisions(thread_id: str, pending: list[str], decisions: Any) -> dict[str, bool]:
+    """{call id: approved} for every pending call, from True/False or a mapping of some call ids to bools."""
+    if isinstance(decisions, bool):
+        return {call_id: decisions for call_id in pending}
+    if not isinstance(decisions, Mapping):
+        raise ConfigError(f"thread {thread_id!r} waits for approval of calls {pending}: answer with True/False "
+                          f"or {{call_id: bool}}, got {decisions!r}")
+    unknown = sorted(str(k) for k in decisions if k not in pending)
+    if unknown:
+        raise ConfigError(f"thread {thread_id!r}: {unknown} are not pending calls; the pending calls are "
+                          f"{pending}. Nothing ran.")
+    odd = {k: v for k, v in decisions.items() if not isinstance(v, bool)}
+    if odd:
+        raise ConfigError(f"thread {thread_id!r}: approvals must be True or False, got {odd}. Nothing ran.")
+    return {call_id: decisions.get(call_id, False) for call_id in pending}
 
 
 def _approvals(state: Any) -> list[Approval]:

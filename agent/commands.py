@@ -75,7 +75,7 @@ def _check_pending(settings: Settings, thread: str) -> None:
         state = build_graph(saver).get_state({"configurable": {"thread_id": thread}})
     finally:
         saver.conn.close()
-    if not state.interrupts:
+    if not state.interrupts and not state.next:  # state.next alone: a run cut off mid-way, resumed with yes
         raise ConfigError(f"thread {thread!r} has no pending approval to resume")
 
 

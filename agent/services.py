@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agent.guards import Guards
     from memory import ChromaEpisodes, DocumentStore, VectorStore
     from tools import Broker, ToolRegistry
+    from tools.journal import JournaledCalls
 
 Progress = Callable[[str], None]
 
@@ -51,6 +52,13 @@ def make_episodes(settings: Settings, store: VectorStore, embedder: Embedder) ->
 
 
 def load_llm(settings: Settings, adapters: AdapterRegistry, progress: Progress | None = None) -> LLM:
+    if settings.model.backend == "openai":
+        from agent.llm.openai_compat import OpenAICompatLLM
+
+        llm = OpenAICompatLLM.from_settings(settings)
+        if progress is not None:
+            progress(f"model: {llm.name} at {llm.base_url}")
+        return llm
     from agent.llm.engine import TransformersLLM
 
     return TransformersLLM.from_settings(settings, progress=progress, adapters=adapters.paths())
@@ -117,6 +125,19 @@ def make_broker(settings: Settings, registry: ToolRegistry) -> Broker:
     return Broker(registry, settings.tools, settings.workspace_dir)
 
 
+def open_journal(settings: Settings, broker: Broker) -> JournaledCalls:
+    """The tool call journal on <home>/tool_calls.sqlite, beside the checkpoints and never in the workspace
+    (a sandboxed tool must not be able to forge or erase what ran)."""
+    from tools.journal import CallJournal, JournaledCalls
+
+    path = settings.home / "tool_calls.sqlite"
+    workspace = check_workspace(settings.workspace_dir)
+    if workspace == path.parent.resolve() or workspace in path.parent.resolve().parents:
+        raise ConfigError(f"[tools] workspace = {str(workspace)!r} contains the data directory {settings.home}; "
+                          "point it at a dedicated folder (the default is <data dir>/workspace)")
+    return JournaledCalls(broker, CallJournal(path))
+
+
 def make_classifier(settings: Settings, embedder: Embedder, llm: LLM | None) -> TaskClassifier:
     from agent.classifier import TaskClassifier, load_kinds
 
@@ -151,6 +172,7 @@ class Services:
     adapters: AdapterRegistry
     guards: Guards
     checkpointer: Any
+    journal: JournaledCalls
     closed: bool = field(default=False)
 
     def close(self) -> None:
@@ -159,6 +181,7 @@ class Services:
         self.closed = True
         self.registry.close()  # stops the MCP servers
         self.store.close()
+        self.journal.close()
         conn = getattr(self.checkpointer, "conn", None)
         if conn is not None:
             conn.close()
@@ -182,11 +205,12 @@ def build_services(settings: Settings, llm: LLM | None, tools: Sequence[Any], em
             llm = load_llm(settings, adapters, progress)
         registry = make_registry(tools, settings.tools.modules, retriever=documents, episodes=episodes,
                                  mcp_servers=settings.mcp.servers)
+        broker = make_broker(settings, registry)
         return Services(
             settings=settings, llm=llm, embedder=embedder, store=store, documents=documents,
             episodes=episodes, classifier=make_classifier(settings, embedder, llm), registry=registry,
-            broker=make_broker(settings, registry), adapters=adapters,
-            guards=Guards(settings.guards, settings.tools.approval), checkpointer=open_checkpointer(settings),
+            broker=broker, adapters=adapters, guards=Guards(settings.guards, settings.tools.approval),
+            checkpointer=open_checkpointer(settings), journal=open_journal(settings, broker),
         )
     except BaseException:
         store.close()

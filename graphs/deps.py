@@ -68,6 +68,15 @@ class ToolBroker(Protocol):
     def call_many(self, calls: Sequence[ToolCall], user_id: str = "default") -> list[ToolResult]: ...
 
 
+class ToolJournal(Protocol):
+    """Runs approved calls at most once per idempotency key, across restarts (tools.journal.JournaledCalls):
+    a key with a recorded result returns it; a key started but never finished is not run again unless the
+    call is pure."""
+
+    def call_many(self, calls: Sequence[ToolCall], keys: Sequence[str], user_id: str = "default"
+                  ) -> list[ToolResult]: ...
+
+
 class GuardSet(Protocol):
     def check_input(self, text: str) -> Verdict: ...
 
@@ -96,5 +105,8 @@ class Deps:
     adapters: AdapterSelector | None = None
     retriever: Retriever | None = None
     episodes: EpisodicMemory | None = None
+    # None: calls run straight through the broker and nothing remembers them (a run continued after a crash
+    # in call_tools runs its calls again). The Agent always sets one.
+    journal: ToolJournal | None = None
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex[:12])

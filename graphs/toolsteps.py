@@ -22,7 +22,8 @@ def check_tool_calls(state: AgentState, runtime: Runtime[Deps]) -> Update:
     """Validate each call, ask the guard, and pause for approval of the calls that need it.
 
     The node re-runs from the top when the run resumes (that is how interrupt() works), so everything
-    before the interrupt is pure.
+    before the interrupt is pure. Each cleared call leaves with its idempotency key (`call_key`), stored in
+    the checkpoint before call_tools runs anything.
     """
     deps = runtime.context
     verdicts = list(state.get("verdicts", []))
@@ -58,23 +59,40 @@ def check_tool_calls(state: AgentState, runtime: Runtime[Deps]) -> Update:
                 settled[ask["id"]] = _failed(ToolCall(ask["id"], ask["name"], ask["arguments"]), DENIED)
     order = [c["id"] for c in state.get("pending_calls", [])]
     cleared.sort(key=lambda c: order.index(c["id"]))
-    return {"approved_calls": cleared, "step_results": list(settled.values()), "verdicts": verdicts}
+    keyed = [{**c, "key": call_key(state, order.index(c["id"]))} for c in cleared]
+    return {"approved_calls": keyed, "step_results": list(settled.values()), "verdicts": verdicts}
+
+
+def call_key(state: AgentState, position: int) -> str:
+    """A call's idempotency key: unique in the run (the run id, the act step, the call's position in that
+    step's reply) and the same on every replay of the step, since all three come from the checkpoint."""
+    return f"{state.get('run_id', '')}/{state.get('steps', 0)}/{position}"
 
 
 def approval_decisions(value: Any, asks: list[dict[str, Any]]) -> dict[str, bool]:
-    """Read a resume value: True/False for every pending call, or a mapping call id -> bool (ids left out
-    are denied: nothing runs without a yes)."""
+    """Read a resume value: True/False for every pending call, or a mapping call id -> bool. Only an explicit
+    True approves: ids left out, and values that are not True ("no", 1, None), are denied."""
     if isinstance(value, bool):
         return {a["id"]: value for a in asks}
     if isinstance(value, Mapping):
-        return {a["id"]: bool(value.get(a["id"], False)) for a in asks}
+        return {a["id"]: value.get(a["id"]) is True for a in asks}
     return {a["id"]: False for a in asks}
 
 
 def call_tools(state: AgentState, runtime: Runtime[Deps]) -> Update:
+    """Run the cleared calls concurrently (bounded by [tools] max_parallel), each once per idempotency key
+    through the journal, so a step replayed after a crash returns recorded results instead of running
+    tools again; results in call order."""
     deps = runtime.context
-    approved = [ToolCall(c["id"], c["name"], c["arguments"]) for c in state.get("approved_calls", [])]
-    results = {r.call_id: r.to_dict() for r in deps.broker.call_many(approved, user_id=state["user_id"])}
+    raw = state.get("approved_calls", [])
+    approved = [ToolCall(c["id"], c["name"], c["arguments"]) for c in raw]
+    if deps.journal is not None:
+        # A call without a key comes from a checkpoint written before keys were stored.
+        keys = [c.get("key") or f"{state.get('run_id', '')}/{state.get('steps', 0)}/{c['id']}" for c in raw]
+        ran = deps.journal.call_many(approved, keys, user_id=state["user_id"])
+    else:
+        ran = deps.broker.call_many(approved, user_id=state["user_id"])
+    results = {r.call_id: r.to_dict() for r in ran}
     for result in results.values():
         emit(runtime, {"type": "tool_result", **result})
     results.update({r["call_id"]: r for r in state.get("step_results", [])})

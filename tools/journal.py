@@ -147,9 +147,12 @@ class JournaledCalls:
         return result
 
     def repeatable(self, call: ToolCall) -> bool:
-        """A pure call: running it twice does no harm (policy side_effects False and no approval)."""
+        """A pure call: running it twice does no harm (the broker's policy for it has side_effects False, and
+        it needs no approval)."""
         found = self.broker.registry.get(call.name)
-        return found is not None and not found.policy.side_effects and not self.broker.needs_approval(call)
+        if found is None:
+            return False
+        return not self.broker.policy(found).side_effects and not self.broker.needs_approval(call)
 
     def close(self) -> None:
         self.journal.close()
