@@ -59,6 +59,19 @@ class ModelSettings(_Section):
     )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
+    # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: run `path` in this process; openai: the server at base_url"
+    )
+    base_url: str = Field("", description='the server\'s OpenAI API root, e.g. "http://gpu-box:8000/v1"')
+    name: str = Field("", description="the model name the server serves (vLLM: --served-model-name)")
+    api_key_env: str = Field("", description="NAME of the environment variable holding the API key, never the key")
+    adapter_models: dict[str, str] = Field(
+        default_factory=dict, description="adapter -> the server's model name for it (vLLM --lora-modules NAME=PATH); "
+        "an adapter not listed is sent under its own name"
+    )
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="per request to the server")
+    max_retries: int = Field(3, ge=0, le=20, description="on connection errors, timeouts, HTTP 5xx and 429")
 
 
 class AgentSettings(_Section):

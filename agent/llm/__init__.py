@@ -1,4 +1,4 @@
-"""The LLM engine. `TransformersLLM` is imported lazily (it pulls in torch)."""
+"""The LLM engines. `TransformersLLM` (torch) and `OpenAICompatLLM` (httpx, a remote server) are imported lazily."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from agent.llm.toolformat import format_call, parse_reply
 
 if TYPE_CHECKING:
     from agent.llm.engine import TransformersLLM
+    from agent.llm.openai_compat import OpenAICompatLLM
 
-__all__ = ["ScriptedLLM", "TransformersLLM", "format_call", "parse_reply"]
+__all__ = ["OpenAICompatLLM", "ScriptedLLM", "TransformersLLM", "format_call", "parse_reply"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from agent.llm.engine import TransformersLLM
 
         return TransformersLLM
+    if name == "OpenAICompatLLM":
+        from agent.llm.openai_compat import OpenAICompatLLM
+
+        return OpenAICompatLLM
     raise AttributeError(name)
