@@ -47,6 +47,8 @@ class AdapterRegistry:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.adapters_dir
         self._by_kind = dict(settings.adapters)
+        # A model server serves its adapters itself: those in [model] adapter_models need no directory here.
+        self._served = set(settings.model.adapter_models) if settings.model.backend == "openai" else set()
 
     def list(self) -> list[AdapterInfo]:
         """Every adapter directory, usable or not, then mappings to adapters that are not there."""
@@ -79,6 +81,8 @@ class AdapterRegistry:
     def for_kind(self, kind: str) -> str | None:
         """The adapter a task kind uses, or None for the base model (also when the mapped one is unusable)."""
         name = self._by_kind.get(kind, kind)
+        if name in self._served:
+            return name
         directory = self.root / name
         if directory.is_dir() and self._read(directory).usable:
             return name

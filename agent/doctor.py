@@ -20,6 +20,9 @@ def report(settings: Settings) -> dict[str, Any]:
         rows[name] = _version(name)
     rows["device"] = _device(settings)
     rows["model"] = settings.model.path or f"bundled SmolLM2-135M-Instruct ({_bundled_gguf()})"
+    from agent.llm.openai_compat import describe_server
+
+    rows.update(describe_server(settings))  # backend; with a server: its model, key variable, a 3 s probe
     rows["model cache"] = str(settings.model_cache_dir)
     rows["data directory"] = str(settings.home)
     rows["workspace"] = str(settings.workspace_dir)
