@@ -20,18 +20,34 @@ from agent.errors import ConfigError
 from agent.types import ToolCall
 from tools import Broker, ToolRegistry, builtin_tools, describe_sandbox, detect_sandbox
 from tools.process import SandboxResult
-from tools.sandbox import BwrapSandbox, ProcessSandbox, Sandbox, UnshareSandbox, probe, python_binary
+from tools.sandbox import (
+    BwrapSandbox,
+    LandlockSandbox,
+    ProcessSandbox,
+    Sandbox,
+    UnshareSandbox,
+    landlock_problem,
+    probe,
+    python_binary,
+)
 
 from .sandboxed_tools import fail, inspect_sandbox, scratch_only, sleep_long
 
-MODES = ["bwrap", "unshare", "none"]
+MODES = ["bwrap", "landlock", "unshare", "none"]
 IS_ROOT = os.geteuid() == 0
 
 
 def make_sandbox(mode: str) -> Sandbox:
     if mode == "none":
         return ProcessSandbox()
-    problem = probe(mode)
+    if mode == "landlock":
+        # the kernel check only: as root its probe also wants this Python reachable by uid 65534, which only
+        # the tests that run Python need (they skip through needs_python)
+        problem = landlock_problem()
+        if problem is not None:
+            pytest.skip(f"landlock sandbox not available here: {problem}")
+        return LandlockSandbox()
+    problem = probe(mode)  # type: ignore[arg-type]
     if problem is not None:
         pytest.skip(f"{mode} sandbox not available here: {problem}")
     return BwrapSandbox() if mode == "bwrap" else UnshareSandbox()
@@ -94,7 +110,7 @@ def test_workspace_is_writable(sandbox: Sandbox, workspace: Path) -> None:
     assert (workspace / "d" / "new.txt").read_text() == "new\n"
 
 
-@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+@pytest.mark.parametrize("mode", ["bwrap", "landlock", "unshare"])
 def test_writes_outside_the_workspace_do_not_reach_the_host(mode: str, workspace: Path) -> None:
     sandbox = make_sandbox(mode)
     open_dir = Path(tempfile.mkdtemp(prefix="metagent-open-", dir="/tmp"))
