@@ -70,7 +70,7 @@ class ModelSettings(_Section):
         default_factory=dict, description="adapter -> the server's model name for it (vLLM --lora-modules NAME=PATH); "
         "an adapter not listed is sent under its own name"
     )
-    timeout_s: float = Field(120.0, gt=0, le=3600, description="per request to the server")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="longest wait for the server's next bytes")
     max_retries: int = Field(3, ge=0, le=20, description="on connection errors, timeouts, HTTP 5xx and 429")
 
 

@@ -141,7 +141,8 @@ def build_reply(content: str, raw_calls: Sequence[RawCall], finish_reason: str |
             calls.append(call)
             blocks.append(format_call(call.name, call.arguments))
         else:
-            errors.append(error)
+            cut = " (the reply was cut off: max_new_tokens ran out)" if finish_reason == "length" else ""
+            errors.append(error + cut)
             body = f'{{"name": {json.dumps(raw.name)}, "arguments": {raw.arguments}}}'
             blocks.append(f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}")
     text = "\n".join([content.rstrip(), *blocks] if content.strip() else blocks) if blocks else content

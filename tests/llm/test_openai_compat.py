@@ -111,6 +111,9 @@ def test_unreadable_arguments_become_parse_errors_not_crashes(serve: Serve) -> N
     mixed = llm.complete(ask(tools=(CALC,)))
     assert [c.arguments for c in mixed.tool_calls] == [{"expression": "1+1"}]
     assert "must be a JSON object" in mixed.parse_errors[0]
+    cut = serve(Answer(calls=(("calculator", '{"expression": "12'),), finish_reason="length"))
+    _, reply = streamed(client(cut), ask(tools=(CALC,)))
+    assert reply.finish_reason == "length" and "max_new_tokens ran out" in reply.parse_errors[0]
 
 
 def test_tool_choice_required_and_none(serve: Serve) -> None:
