@@ -47,7 +47,7 @@ MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME,
             4096: MS_RELATIME}  # fmt: skip
-PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 24, 36, 38
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 SUPERVISOR_GRACE_S = 0.1  # shorter than the host's grace (tools/process.py), so cleanup ends before its SIGKILL
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STICKY_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -118,8 +118,9 @@ def execute(argv: list[str], plan: dict[str, Any]) -> NoReturn:
 
 def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
     """Landlock mode: stay outside the Landlock domain as a child subreaper, run the command in a child, and
-    when it ends (or the host sends SIGTERM/SIGINT/SIGHUP) kill every process left below, including
-    double-forked and setsid'ed daemons, which the kernel reparents here. Exits like the command did.
+    when it ends (or the host sends SIGTERM/SIGINT/SIGHUP, or the host dies: PR_SET_PDEATHSIG) kill every
+    process left below, including double-forked and setsid'ed daemons, which the kernel reparents here.
+    Exits like the command did.
 
     The child cannot signal or ptrace this process: Landlock's signal scope (ABI 6) and the seccomp filter
     stop it, and /proc is outside its rules. Not covered: if this process is SIGKILLed (the host escalates
@@ -130,8 +131,9 @@ def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
         os.umask(0o022)
         set_limits(plan["limits"])
         ruleset = landlock.build_ruleset(rules["read_only"], rules["read_write"])
-        if libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise SetupError(f"cannot become a child subreaper: {os.strerror(ctypes.get_errno())}")
+        for option, value in ((PR_SET_CHILD_SUBREAPER, 1), (PR_SET_PDEATHSIG, signal.SIGTERM)):
+            if libc().prctl(option, value, 0, 0, 0) != 0:
+                raise SetupError(f"prctl({option}) failed: {os.strerror(ctypes.get_errno())}")
     except (SetupError, OSError, landlock.LandlockError) as e:
         fail(125, str(e))
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # until each side has its handlers

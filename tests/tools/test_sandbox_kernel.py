@@ -308,6 +308,33 @@ def test_landlock_supervisor_leaves_no_daemon_behind(workspace: Path, timeout_s:
 
 
 @needs_landlock
+def test_landlock_supervisor_cleans_up_when_the_host_dies(workspace: Path) -> None:
+    """The metagent process is SIGKILLed mid-call: the supervisor (its child, in its own session) must still
+    take the command and a setsid'ed daemon down with it."""
+    seconds = f"25.{uuid.uuid4().int % 10**6:06d}"
+    script = f"(setsid sleep {seconds} </dev/null >/dev/null 2>&1 &); sleep {seconds}"
+    host = (
+        f"import sys; sys.path.insert(0, {str(TOOLS.parent)!r}); from pathlib import Path\n"
+        "from tools.sandbox import LandlockSandbox\n"
+        f"LandlockSandbox().run(['/bin/sh', '-c', {script!r}], workspace=Path({str(workspace)!r}), timeout_s=60, "
+        "memory_mb=256, output_cap_bytes=4096)"
+    )
+    metagent = subprocess.Popen([sys.executable, "-I", "-c", host])
+    try:
+        deadline = time.monotonic() + 20
+        while len(_processes_with(f"sleep\x00{seconds}")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_processes_with(f"sleep\x00{seconds}")) == 2  # the command and the daemon run
+    finally:
+        metagent.kill()
+        metagent.wait()
+    deadline = time.monotonic() + 3
+    while _processes_with(f"sleep\x00{seconds}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(f"sleep\x00{seconds}") == []
+
+
+@needs_landlock
 def test_landlock_supervisor_reports_the_commands_status(workspace: Path) -> None:
     sandbox = make("landlock")
     assert run(sandbox, workspace, ["/bin/sh", "-c", "exit 3"]).exit_code == 3
