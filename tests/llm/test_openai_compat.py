@@ -301,3 +301,18 @@ def test_kinds_use_adapters_the_server_serves(settings: Any) -> None:
     assert (served.for_kind("database"), served.for_kind("sql"), served.for_kind("chat")) == ("sql", "sql", None)
     local = remote.model_copy(update={"model": model.model_copy(update={"backend": "transformers"})})
     assert AdapterRegistry(local).for_kind("database") is None  # locally an adapter needs its directory
+
+
+def test_it_is_an_llm_and_stream_ends_with_what_complete_returns(serve: Serve) -> None:
+    from agent.protocols import LLM
+
+    answer = Answer("Two calls:", calls=(("calculator", '{"expression": "1+1"}'),))
+    server = serve(answer, answer)
+    llm = client(server)
+    assert isinstance(llm, LLM)
+    done = llm.complete(ask(tools=(CALC,)))
+    _, last = streamed(llm, ask(tools=(CALC,)))
+    assert (last.text, last.content, last.usage, last.finish_reason) == (done.text, done.content, done.usage,
+                                                                         done.finish_reason)
+    assert [(c.id, c.name, c.arguments) for c in last.tool_calls] == [(c.id, c.name, c.arguments)
+                                                                      for c in done.tool_calls]
