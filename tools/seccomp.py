@@ -42,6 +42,7 @@ ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
 # name -> (x86_64 number, aarch64 number); None where the call does not exist on that architecture.
 SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438), "kcmp": (312, 272),
     "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
     "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
     "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
@@ -64,6 +65,8 @@ DENIED: dict[str, str] = {
     "ptrace": "reads and writes the memory and registers of other processes of the same user",
     "process_vm_readv": "reads another process's memory",
     "process_vm_writev": "writes another process's memory",
+    "pidfd_getfd": "copies an open file descriptor out of another process",
+    "kcmp": "compares kernel objects of other processes (an information leak, ptrace-gated)",
     "io_uring_setup": "io_uring runs file and network operations that seccomp never sees; many kernel bugs",
     "io_uring_enter": "see io_uring_setup",
     "io_uring_register": "see io_uring_setup",
