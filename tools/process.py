@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-TERM_GRACE_S = 0.2
+TERM_GRACE_S = 1.0  # the wait ends as soon as the group leader exits; the landlock supervisor needs its cleanup time
 DRAIN_S = 0.2  # how long to keep reading pipes a stray descendant may hold open
 EXIT_POLL_S = 0.05  # while the pipes are quiet, how often to check whether the child has exited
 _CHUNK = 65536
