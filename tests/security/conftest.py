@@ -1,20 +1,21 @@
 """Fixtures of the escape battery: every attempt runs once per (tier, privilege) combination usable here.
 
 Tiers: bwrap (tier a) and landlock (tier b) by default; METAGENT_BATTERY_TIERS=bwrap,landlock,unshare,none
-adds others (the process-only "none" tier shows that the battery sees escapes; it is not a sandbox).
+adds others; the pseudo-tier "host" (no sandbox at all, unprivileged combination only) shows that every
+attempt's evidence sees an escape.
 Combinations that cannot run here (no bubblewrap, no Landlock, pytest not root) skip and say why.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .evidence import remove_tree
 from .host import Host
 from .principal import SECRET_VAR, Principal, Unusable
 
@@ -50,7 +51,7 @@ class Principals:
         for principal in self.made.values():
             if isinstance(principal, Principal):
                 principal.close()
-        shutil.rmtree(self.base, ignore_errors=True)
+        remove_tree(self.base)
 
 
 def new_workspace(principal: Principal) -> Path:
@@ -71,7 +72,7 @@ def runs_code(principal: Principal, tier: str) -> str | None:
             ran = (workspace / "canary").exists() and (workspace / "canary").read_text() == "ok"
             principal.canaries[tier] = None if ran else f"a plain attempt did not run: {out.stderr.strip()[-400:]}"
         finally:
-            shutil.rmtree(workspace, ignore_errors=True)
+            remove_tree(workspace)
     return principal.canaries[tier]
 
 
@@ -85,6 +86,8 @@ def principals() -> Iterator[Principals]:
 @pytest.fixture(params=COMBINATIONS, ids=[f"{t}-{p}" for t, p in COMBINATIONS])
 def host(request: pytest.FixtureRequest, principals: Principals, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     tier, privilege = request.param
+    if tier == "host" and privilege == "root":
+        pytest.skip("the host pseudo-tier runs attempts unsandboxed: only ever as the dedicated unprivileged uid")
     principal = principals.get(privilege)
     principal.revive()
     problem = principal.problem(tier) or runs_code(principal, tier)
@@ -100,4 +103,4 @@ def host(request: pytest.FixtureRequest, principals: Principals, monkeypatch: py
         attempt.kill_leftovers()
         if attempt.changed():
             principal.replant()  # an attempt escaped and changed the home: the next ones start clean
-        shutil.rmtree(workspace, ignore_errors=True)
+        remove_tree(workspace)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,11 @@ def unsafe_entries(workspace: Path, outside: list[Path]) -> list[str]:
         elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
             found.append(f"{rel} is a {stat.filemode(info.st_mode)[0]} node (FIFO, socket or device)")
     return found
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory however deep an attempt made it (shutil.rmtree recurses, and fails on ~1000 levels)."""
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
 
 
 def fingerprint(path: Path) -> tuple[object, ...]:

@@ -12,6 +12,10 @@ on stdout:
                                                      -> the SandboxResult's fields (output cut to 4 KiB,
                                                         with the captured lengths)
 
+The pseudo-tier "host" runs the attempt with no sandbox at all (its own session, the harness's environment,
+cwd in the workspace, an output cap and a timeout, nothing else): METAGENT_BATTERY_TIERS=host shows that
+each attempt's evidence does see an escape.
+
 It also keeps one inheritable descriptor open on the file named by MGB_INHERITED_FILE (an append-mode
 file outside the workspace), so the battery can check that no sandbox hands it to the child.
 This program prints only metadata; the battery judges by evidence on the host, never by these answers.
@@ -19,28 +23,76 @@ This program prints only metadata; the battery judges by evidence on the host, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.errors import ConfigError  # noqa: E402
+from tools.process import SandboxResult  # noqa: E402
 from tools.sandbox import Sandbox, detect_sandbox  # noqa: E402
 
 OUTPUT_SHOWN = 4096
 
 
-def answer(request: dict[str, Any], sandboxes: dict[str, Sandbox]) -> dict[str, Any]:
+class NoSandbox:
+    """The "host" pseudo-tier: NOT a sandbox, a careless runner that lets every attempt escape: it passes
+    inheritable descriptors on and, at the timeout or the output cap, kills only the process it started."""
+
+    name = "host"
+
+    def run(self, argv: list[str], *, workspace: Path, timeout_s: float, memory_mb: int, output_cap_bytes: int,
+            stdin: str | None = None) -> SandboxResult:  # fmt: skip
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, close_fds=False)  # fmt: skip
+        threading.Thread(target=_feed, args=(proc, stdin or ""), daemon=True).start()
+        assert proc.stdout is not None  # a pipe was asked for
+        output, timed_out = b"", False
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while len(output) < output_cap_bytes:
+                left = started + timeout_s - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                if not sel.select(min(left, 0.05)):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                output += chunk
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        text = output[:output_cap_bytes].decode("utf-8", "replace")
+        return SandboxResult(proc.returncode, text, "", timed_out, len(output) >= output_cap_bytes,
+                             time.monotonic() - started)  # fmt: skip
+
+
+def _feed(proc: subprocess.Popen[bytes], data: str) -> None:
+    with contextlib.suppress(OSError):
+        assert proc.stdin is not None  # a pipe was asked for
+        proc.stdin.write(data.encode())
+        proc.stdin.close()
+
+
+def answer(request: dict[str, Any], sandboxes: dict[str, Sandbox | NoSandbox]) -> dict[str, Any]:
     op = request.get("op")
     if op == "ping":
         return {"pid": os.getpid()}
     tier = str(request.get("tier"))
     if tier not in sandboxes:
         try:
-            sandboxes[tier] = detect_sandbox(tier)  # type: ignore[arg-type]
+            sandboxes[tier] = NoSandbox() if tier == "host" else detect_sandbox(tier)  # type: ignore[arg-type]
         except ConfigError as e:
             return {"error": str(e)}
     if op == "probe":
@@ -72,7 +124,7 @@ def main() -> None:
     if inherited:
         fd = os.open(inherited, os.O_WRONLY | os.O_APPEND)
         os.set_inheritable(fd, True)
-    sandboxes: dict[str, Sandbox] = {}
+    sandboxes: dict[str, Sandbox | NoSandbox] = {}
     for line in sys.stdin:
         try:
             reply = answer(json.loads(line), sandboxes)

@@ -28,6 +28,8 @@ from .principal import Principal
 SLACK_S = 5.0  # a call may end this much after its timeout (2 shared cores, TERM grace, teardown)
 SETTLE_S = 1.5  # how long the host waits for killed processes to disappear from the table
 DANGEROUS_OPT_IN = "METAGENT_BATTERY_DANGEROUS"
+# Read at import: the suite's autouse fixture clears METAGENT_* variables before each test.
+DANGEROUS_ALLOWED = bool(os.environ.get(DANGEROUS_OPT_IN) or os.environ.get("CI"))
 
 PRELUDE = '''
 import ctypes, json, os, sys, time
@@ -197,7 +199,7 @@ class Host:
         developer's own session when pytest itself runs as the unprivileged user (unless opted in)."""
         if self.principal.privilege == "root":
             pytest.skip(f"never as root: {what} could reach processes that are not ours if it escaped")
-        if self.principal.in_process and not (os.environ.get(DANGEROUS_OPT_IN) or os.environ.get("CI")):
+        if self.principal.in_process and not DANGEROUS_ALLOWED:
             pytest.skip(f"{what} would run as the user running pytest; set {DANGEROUS_OPT_IN}=1 (or CI) to allow")
 
 

@@ -152,6 +152,7 @@ def test_artifact_swap_race(host: Host) -> None:
     out = host.run("""
         os.mkdir("out")
         save(f"out/planted-{TAG}", "from the sandbox")
+        attempt(os.symlink, P["home"], "out.link")  # a careless copy-back follows or keeps this one
         if os.fork() == 0:
             end = time.time() + 5
             while time.time() < end:

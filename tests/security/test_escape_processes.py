@@ -293,7 +293,7 @@ def test_many_files(host: Host) -> None:
         for i in range(21_000):
             if isinstance(attempt(lambda: open(f"many/{i}", "w").close()), Exception):
                 break
-    """, timeout_s=8.0)  # fmt: skip
+    """, timeout_s=10.0)  # fmt: skip
     assert_ended(out)
     started = time.monotonic()
     entries = sum(1 for _ in walk(host.workspace))
