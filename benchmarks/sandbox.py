@@ -5,7 +5,9 @@
 For every tier usable here (bwrap, landlock, unshare, and the process-only "none"), times `Sandbox.run` of
 `python -I -S -c pass` (with --with-site also `python -I -c pass`, which imports site) in an empty
 workspace, end to end: staging the workspace, the wrapper, the init program (rlimits, seccomp, Landlock,
-uid drop), the command, reaping and collecting. The baseline is `subprocess.run` of the same command.
+uid drop), the command, reaping and collecting. The baseline is `subprocess.run` of the same command;
+"py+exec" is a Python (-I -S) that only execs the command: the floor for any tier whose init program is
+itself a Python, as all of them are today.
 Calls are interleaved (one of each per round) so load on the machine falls on all of them alike.
 
 Prints p50/p90 in ms and the ratio to the baseline, checks the issue's goals (tier a, bwrap: p50 under
@@ -65,6 +67,10 @@ def callers(command: list[str], sandboxes: dict[str, Any], workspace: Path) -> d
     def baseline() -> None:
         subprocess.run(command, check=True, stdin=subprocess.DEVNULL, capture_output=True)
 
+    def exec_chain() -> None:  # the floor of a design whose init program is a Python that then execs
+        hop = f"import os; os.execv({command[0]!r}, {command!r})"
+        subprocess.run([command[0], "-I", "-S", "-c", hop], check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
     def tier_call(sandbox: Any) -> Callable[[], None]:
         def call() -> None:
             result = sandbox.run(command, workspace=workspace, timeout_s=30.0, memory_mb=512, output_cap_bytes=4096)
@@ -73,7 +79,8 @@ def callers(command: list[str], sandboxes: dict[str, Any], workspace: Path) -> d
 
         return call
 
-    return {"subprocess": baseline, **{name: tier_call(sb) for name, sb in sandboxes.items()}}
+    tiers = {name: tier_call(sb) for name, sb in sandboxes.items()}
+    return {"subprocess": baseline, "py+exec": exec_chain, **tiers}
 
 
 def drop_failing(calls: dict[str, Callable[[], None]], missing: dict[str, str]) -> dict[str, Callable[[], None]]:
