@@ -163,7 +163,8 @@ class Principal:
         if self.dedicated_uid is None and self._runs(sys.executable):
             return sys.executable, Path(sysconfig.get_paths()["purelib"])
         version = _version()
-        candidates = [os.path.realpath(sys._base_executable), f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]  # type: ignore[attr-defined]  # noqa: E501
+        base_executable: str = getattr(sys, "_base_executable", sys.executable)
+        candidates = [os.path.realpath(base_executable), f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
         base = next((c for c in dict.fromkeys(candidates) if self._runs(c)), None)
         if base is None:
             raise Unusable(f"no Python {version} that uid {self.sandbox_uid} may run (tried {candidates})")

@@ -144,7 +144,7 @@ def markers(host: Host) -> Iterator[list[Path]]:
             p.unlink(missing_ok=True)
 
 
-SHELL = 'cat {key} > stolen; echo pwned > {open_dir}/{tag}-sh; echo pwned > /tmp/{tag}-sh'
+SHELL = "cat {key} > stolen; echo pwned > {open_dir}/{tag}-sh; echo pwned > /tmp/{tag}-sh"
 
 
 def shell_line(host: Host) -> str:
