@@ -331,6 +331,7 @@ class LandlockSandbox(_SandboxBase):
     def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         read_only = [*(src for src, ro in binds if ro), *LANDLOCK_SYSTEM_PATHS]
         plan["landlock"] = {"read_only": read_only, "read_write": [src for src, ro in binds if not ro]}
+        plan["supervise"] = True
         plan["seccomp"] = {"socket_families": []}  # without a network namespace, no family is safe
         return [*init, encode_plan(plan), "--"]
 
@@ -341,11 +342,13 @@ class ProcessSandbox(_SandboxBase):
     The first run in a process writes a warning on stderr that the code runs unsandboxed.
 
     Protects: secrets in the environment, root-only files (when started as root), runaway CPU/memory/
-    processes/file sizes, leftover processes in its process group, ptrace/io_uring/bpf/namespaces (seccomp).
+    processes/file sizes, ptrace/io_uring/bpf/namespaces (seccomp), leftover processes (a supervisor, a child
+    subreaper like the landlock tier's, kills every descendant when the call ends).
 
     Does NOT protect: the network (fully available), every file the user can read or write, other
-    processes of the same user (signals), descendants that leave the process group (setsid) on timeout. The
-    python tool refuses to run with it unless [tools] sandbox = "none" is set explicitly.
+    processes of the same user (signals; when metagent is not root the code can kill the supervisor, and
+    what it leaves behind then survives the call). The python tool refuses to run with it unless
+    [tools] sandbox = "none" is set explicitly.
     """
 
     name = "none"
@@ -359,7 +362,8 @@ class ProcessSandbox(_SandboxBase):
     does_not_protect = (
         "NETWORK: fully available",
         "FILES: everything the user can read or write",
-        "processes that leave the process group survive a timeout",
+        "PROCESSES of the same user (when metagent is not root): the code can signal them, the supervisor "
+        "included, and what it leaves behind then survives the call",
     )
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> SandboxResult:
@@ -368,6 +372,7 @@ class ProcessSandbox(_SandboxBase):
 
     def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
         plan["seccomp"] = {"socket_families": None, "required": False}  # best effort: it has the network anyway
+        plan["supervise"] = True  # leftovers, setsid'ed daemons included, are killed when the call ends
         return [*init, encode_plan(plan), "--"]
 
 

@@ -68,7 +68,7 @@ class SetupError(Exception):
 def main(args: list[str]) -> None:
     plan: dict[str, Any] = marshal.loads(bytes.fromhex(args[0]))
     argv = args[2:]
-    if plan.get("landlock") is not None:
+    if plan.get("supervise"):
         supervise(plan, argv)
     try:
         os.umask(0o022)
@@ -117,7 +117,8 @@ def execute(argv: list[str], plan: dict[str, Any]) -> NoReturn:
 
 
 def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
-    """Landlock mode: stay outside the Landlock domain as a child subreaper, run the command in a child, and
+    """Landlock and process-only modes: stay outside the sandbox as a child subreaper, run the command in a
+    child (under Landlock in landlock mode), and
     when it ends (or the host sends SIGTERM/SIGINT/SIGHUP, or the host dies: PR_SET_PDEATHSIG) kill every
     process left below, including double-forked and setsid'ed daemons, which the kernel reparents here.
     Exits like the command did.
@@ -126,11 +127,11 @@ def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
     stop it, and /proc is outside its rules. Not covered: if this process is SIGKILLed (the host escalates
     only after its grace, longer than ours), whatever is left is reparented to the host's subreaper or init.
     """
-    rules = plan["landlock"]
+    rules = plan.get("landlock")
     try:
         os.umask(0o022)
         set_limits(plan["limits"])
-        ruleset = landlock.build_ruleset(rules["read_only"], rules["read_write"])
+        ruleset = None if rules is None else landlock.build_ruleset(rules["read_only"], rules["read_write"])
         for option, value in ((PR_SET_CHILD_SUBREAPER, 1), (PR_SET_PDEATHSIG, signal.SIGTERM)):
             if libc().prctl(option, value, 0, 0, 0) != 0:
                 raise SetupError(f"prctl({option}) failed: {os.strerror(ctypes.get_errno())}")
@@ -143,12 +144,14 @@ def supervise(plan: dict[str, Any], argv: list[str]) -> NoReturn:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
-            landlock.restrict_self(ruleset)
+            if ruleset is not None:
+                landlock.restrict_self(ruleset)
             enter(plan)
         except (SetupError, OSError, landlock.LandlockError, seccomp.SeccompError) as e:
             fail(125, str(e))
         execute(argv, plan)
-    os.close(ruleset)
+    if ruleset is not None:
+        os.close(ruleset)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the command alone reads the input: its end of the pipe closes with it
     os.close(null)
