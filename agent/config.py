@@ -58,6 +58,7 @@ class ModelSettings(_Section):
         1.15, ge=1.0, le=3.0, description="penalty on tokens already generated, free text only; 1.0 = off"
     )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    max_batch: int = Field(8, ge=1, le=256, description="requests decoded together in one batch; more wait their turn")
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
     backend: Literal["transformers", "openai"] = Field(

@@ -1,15 +1,20 @@
-"""The decode loop: one token at a time with a KV cache, greedy or sampled, optionally under a grammar.
+"""Token choice and detokenization: what one request does with its logits at each step.
+
+`Sampler` is one request's decision state (grammar mask, repetition penalty, greedy or sampled choice, stop
+tokens, max_new_tokens); the batched decode loop (`scheduler.py`) keeps one per row. `Generation` is the plain
+single-sequence loop over the same Sampler (a KV cache, one forward per token), kept as the reference the
+benchmarks time against `model.generate`. `TextStream` turns token ids into text deltas.
 
 Written by hand rather than with `model.generate` because each step must (1) mask the logits with the
 grammar's bitmask, (2) feed the chosen token back to the grammar, (3) hand the token to the streaming
-detokenizer, and (4) stop as soon as the grammar admits nothing but the end token. It costs the same per
-token as `generate` (see docs/llm.md for measurements).
+detokenizer, and (4) stop as soon as the grammar admits nothing but the end token.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.llm.grammar import TokenConstraint
@@ -20,72 +25,95 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length"]
 
 
-class Generation:
-    """Decode up to `max_new_tokens` after `prompt_ids`; iterate `tokens()`, then read `finish_reason`.
+@dataclass
+class Sampler:
+    """One request's choice of each next token, and when it is done.
 
-    `token_ids` holds every sampled token including the end token (that is what the model computed, and
-    what `completion_tokens` counts); `tokens()` yields only the text tokens.
+    `token_ids` holds every chosen token including the end token (that is what the model computed, and what
+    `completion_tokens` counts); `accept` says whether a token is text to show.
+    """
+
+    stop_ids: frozenset[int]
+    max_new_tokens: int
+    constraint: TokenConstraint | None = None
+    temperature: float = 0.0
+    repetition_penalty: float = 1.0
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from this row's logits (1-D float32 on the CPU; masked and penalised in place)."""
+        if self.constraint is not None:
+            self.constraint.mask(logits)
+        elif self.repetition_penalty != 1.0 and self.token_ids:
+            penalize(logits, self.token_ids, self.repetition_penalty)
+        # numpy, single-threaded: see TokenConstraint on small torch ops on a busy CPU.
+        return _choose_numpy(logits.numpy(), self.temperature)
+
+    def accept(self, token: int) -> bool:
+        """Record a chosen token; True when it is text. Sets `finish_reason` once the request is done."""
+        self.token_ids.append(token)
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+            return False
+        if self.constraint is not None:
+            self.constraint.advance(token)
+            if self.constraint.finished:  # only the end token is left: no need to compute it
+                self.finish_reason = "stop"
+        if self.finish_reason is None and len(self.token_ids) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return True
+
+
+class Generation:
+    """Decode one sequence alone: iterate `tokens()`, then read `finish_reason` (the benchmarks' reference loop).
+
+    `token_ids` holds every sampled token including the end token; `tokens()` yields only the text tokens.
     """
 
     def __init__(self, model: Any, stop_ids: frozenset[int], constraint: TokenConstraint | None = None,
                  repetition_penalty: float = 1.0) -> None:
         self._model = model
-        self._stop_ids = stop_ids
-        self._constraint = constraint
-        self._penalty = repetition_penalty
-        self.token_ids: list[int] = []
-        self.finish_reason: FinishReason = "length"
+        self._sampler = Sampler(stop_ids, 0, constraint, repetition_penalty=repetition_penalty)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self._sampler.token_ids
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        return self._sampler.finish_reason or "length"
 
     def tokens(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float) -> Iterator[int]:
         import torch
         from transformers import DynamicCache
 
-        device = self._model.device
-        extra = _forward_arguments(self._model, DynamicCache(config=self._model.config))
+        sampler = self._sampler
+        sampler.max_new_tokens, sampler.temperature = max_new_tokens, temperature
+        extra = forward_arguments(self._model, DynamicCache(config=self._model.config))
         with torch.inference_mode():
-            inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-            for _ in range(max_new_tokens):
+            inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self._model.device)
+            while sampler.finish_reason is None:
                 out = self._model(input_ids=inputs, use_cache=True, **extra)
-                token = self._choose(out.logits[0, -1].float().contiguous(), temperature)
-                self.token_ids.append(token)
-                if token in self._stop_ids:
-                    self.finish_reason = "stop"
-                    return
-                yield token
-                if self._constraint is not None:
-                    self._constraint.advance(token)
-                    if self._constraint.finished:  # only the end token is left: no need to compute it
-                        self.finish_reason = "stop"
-                        return
-                inputs = torch.tensor([[token]], dtype=torch.long, device=device)
-
-    def _choose(self, logits: torch.Tensor, temperature: float) -> int:
-        if self._constraint is not None:
-            self._constraint.mask(logits)
-        elif self._penalty != 1.0 and self.token_ids:
-            penalize(logits, self.token_ids, self._penalty)
-        if logits.device.type == "cpu":
-            # numpy, single-threaded: see TokenConstraint on small torch ops on a busy CPU.
-            return _choose_numpy(logits.numpy(), temperature)
-        import torch
-
-        if temperature <= 0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / temperature, dim=-1)
-        return int(torch.multinomial(probs, num_samples=1).item())
+                token = sampler.choose(out.logits[0, -1].float().cpu().contiguous())
+                if sampler.accept(token):
+                    yield token
+                inputs = torch.tensor([[token]], dtype=torch.long, device=self._model.device)
 
 
-def penalize(logits: torch.Tensor, seen: Sequence[int], penalty: float) -> None:
+def penalize(logits: Any, seen: Sequence[int], penalty: float) -> None:
     """The CTRL repetition penalty (as transformers applies it) over the tokens generated so far, in place.
 
-    Only for free text: under a grammar, JSON punctuation must repeat, and penalising it would bend calls.
-    Prompt tokens are not penalised, so an answer can still quote its sources.
+    `logits` is a 1-D torch tensor or numpy array. Only for free text: under a grammar, JSON punctuation must
+    repeat, and penalising it would bend calls. Prompt tokens are not penalised, so an answer can still quote
+    its sources.
     """
-    import torch
+    import numpy as np
 
-    ids = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)
-    picked = logits[ids]
-    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    values = logits if isinstance(logits, np.ndarray) else logits.numpy()
+    ids = np.array(sorted(set(seen)), dtype=np.int64)
+    picked = values[ids]
+    values[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
 
 
 def _choose_numpy(logits: Any, temperature: float) -> int:
@@ -101,7 +129,7 @@ def _choose_numpy(logits: Any, temperature: float) -> int:
     return int(rng.choice(len(probs), p=probs / probs.sum()))
 
 
-def _forward_arguments(model: Any, cache: Any) -> dict[str, Any]:
+def forward_arguments(model: Any, cache: Any) -> dict[str, Any]:
     """The cache (updated in place; transformers renamed its argument from past_key_values to cache in 5.x),
     and logits for the last position only where the model supports it (saves the LM head on the prompt)."""
     parameters = inspect.signature(model.forward).parameters

@@ -1,8 +1,9 @@
 """TransformersLLM: the in-process engine behind the `LLM` seam (transformers + torch).
 
-One resident model serves every session of the process. Requests are serialized by a lock: a request
-holds the model from prompt to last token (a stream holds it until it is exhausted or closed). Batching
-concurrent requests is future work.
+One resident model serves every session of the process. Concurrent requests are batched continuously by
+one decode thread (scheduler.py): a request that arrives while others decode joins their batch at the next
+step, each row with its own grammar, sampling, limits and adapter; a stream closed early leaves the batch.
+At most `max_batch` rows decode at once ([model] max_batch); the rest wait their turn.
 
 Prompts use the tokenizer's chat template. A template that speaks the Hermes <tool_call> format natively
 (it mentions `tools` and `<tool_call>`, e.g. Qwen2.5) gets the tools through `tools=`; any other (SmolLM2)
@@ -10,7 +11,8 @@ gets them in the system message (`toolformat.with_tools`). `role="tool"` message
 starting "Tool result:" when the template has no tool role.
 
 Adapters are PEFT LoRA directories, loaded on first use into the one base model (the base is never
-reloaded); a request names its adapter, `adapter=None` runs the base model with every adapter disabled.
+reloaded); a request names its adapter, `adapter=None` runs the base model. Rows with different adapters
+decode in the same forward (lora.py).
 
 A call block that repeats an earlier one of the same reply ends the reply, and the repeat is dropped from
 `tool_calls` (it stays in `text`, which always equals the streamed deltas): small models loop.
@@ -19,18 +21,18 @@ A call block that repeats an earlier one of the same reply ends the reply, and t
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Generator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
 from agent.errors import LLMError
-from agent.llm.decoding import Generation, TextStream
+from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
 from agent.llm.loading import Progress, load_model
+from agent.llm.lora import LoraSet
+from agent.llm.scheduler import Done, Job, Scheduler
 from agent.llm.toolformat import CALL_CLOSE, CALL_OPEN, parse_reply, with_tools
 from agent.types import LLMDelta, LLMReply, LLMRequest, Message, Usage
 
@@ -42,8 +44,8 @@ class TransformersLLM:
     """Runs requests on a local transformers causal LM, with grammar-constrained tool calls and LoRA adapters.
 
     Build it with `from_settings` (loads the configured model) or directly from a loaded model and tokenizer
-    (tests use a tiny random model). It does not batch, download weights, or truncate prompts: a prompt too
-    long for the context is an LLMError.
+    (tests use a tiny random model). It does not download weights or truncate prompts: a prompt too long for
+    the context is an LLMError, raised in its caller alone.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
@@ -58,9 +60,8 @@ class TransformersLLM:
         template = str(getattr(tokenizer, "chat_template", "") or "")
         self._native_tools = "tools" in template and CALL_OPEN in template
         self._tool_role = "'tool'" in template or '"tool"' in template
-        self._adapter_paths: dict[str, Path] = dict(adapters or {})
-        self._peft: Any = None  # the PeftModel wrapping `model`, once an adapter is loaded
-        self._lock = threading.Lock()
+        self._lora = LoraSet(model, adapters)
+        self._scheduler = Scheduler(model, self._lora)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -70,6 +71,7 @@ class TransformersLLM:
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
                   name=loaded.name)
         llm.repetition_penalty = settings.model.repetition_penalty
+        llm.max_batch = settings.model.max_batch
         return llm
 
     @property
@@ -77,15 +79,29 @@ class TransformersLLM:
         return self._grammars is not None
 
     @property
+    def max_batch(self) -> int:
+        """How many requests decode together; more wait for a free row."""
+        return self._scheduler.max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        if value < 1:
+            raise LLMError(f"max_batch must be at least 1, got {value}")
+        self._scheduler.max_batch = value
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The decode thread's scheduler (its counters: steps, max_rows_seen, waiting, running)."""
+        return self._scheduler
+
+    @property
     def adapters(self) -> list[str]:
-        return sorted(self._adapter_paths)
+        return self._lora.names
 
     def add_adapter(self, name: str, path: Path) -> None:
-        """Make an adapter available to requests (loaded on first use); a retrained one replaces its namesake."""
-        with self._lock:
-            self._adapter_paths[name] = Path(path)
-            if self._peft is not None and name in self._peft.peft_config:
-                self._peft.delete_adapter(name)  # the next request with it loads the new weights
+        """Make an adapter available to requests (loaded on first use); a retrained one replaces its namesake
+        for requests that start after this call."""
+        self._lora.add(name, path)
 
     def complete(self, request: LLMRequest) -> LLMReply:
         for item in self.stream(request):
@@ -93,33 +109,45 @@ class TransformersLLM:
                 return item
         raise LLMError("the engine produced no reply")  # unreachable: stream always ends with a reply
 
-    def stream(self, request: LLMRequest) -> Iterator[LLMDelta | LLMReply]:
-        """Text deltas as decoded (they join to the reply's `text`), then one LLMReply."""
-        with self._lock:
-            prompt_ids = self.prompt_ids(request)
-            constraint = self._grammars.for_request(request) if self._grammars is not None else None
-            generation = Generation(self.model, self.stop_ids, constraint, self.repetition_penalty)
-            text = TextStream(self.tokenizer)
-            calls: set[str] = set()
-            try:
-                with self._adapter(request.adapter):
-                    for token in generation.tokens(prompt_ids, request.max_new_tokens, request.temperature):
-                        delta = text.push(token)
-                        if delta:
-                            yield LLMDelta(delta)
-                        if _repeats_a_call(text.text, calls):
-                            generation.finish_reason = "stop"
-                            break
-            except Exception as e:
-                if type(e).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
-                    raise
-                raise LLMError(f"the model ran out of memory on a {len(prompt_ids)}-token prompt; shorten the "
-                               "conversation, lower max_new_tokens, or use a smaller model") from e
-            rest = text.finish()
-            if rest:
-                yield LLMDelta(rest)
-        usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(generation.token_ids))
-        yield _reply(text.text, request, usage, generation)
+    def stream(self, request: LLMRequest) -> Generator[LLMDelta | LLMReply, None, None]:
+        """Text deltas as decoded (they join to the reply's `text`), then one LLMReply.
+
+        Closing the generator early (or dropping it) cancels the request: its row leaves the batch.
+        """
+        job = self._job(request)
+        self._scheduler.submit(job)
+        text = TextStream(self.tokenizer)
+        calls: set[str] = set()
+        finish: FinishReason = "length"
+        count = 0
+        try:
+            for event in job.results():
+                if isinstance(event, Done):
+                    finish, count = event.finish_reason, event.completion_tokens
+                    break
+                count += 1
+                delta = text.push(event)
+                if delta:
+                    yield LLMDelta(delta)
+                if _repeats_a_call(text.text, calls):
+                    finish = "stop"
+                    break
+        finally:
+            job.cancel()  # a no-op once the job is done; otherwise its row leaves the batch
+        rest = text.finish()
+        if rest:
+            yield LLMDelta(rest)
+        usage = Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=count)
+        yield _reply(text.text, request, usage, finish)
+
+    def _job(self, request: LLMRequest) -> Job:
+        """Everything a request needs before it can decode; its mistakes raise here, in the caller."""
+        prompt_ids = self.prompt_ids(request)
+        self._lora.check(request.adapter)
+        constraint = self._grammars.for_request(request) if self._grammars is not None else None
+        sampler = Sampler(self.stop_ids, request.max_new_tokens, constraint, request.temperature,
+                          self.repetition_penalty)
+        return Job(prompt_ids, request.adapter, sampler)
 
     def render_prompt(self, request: LLMRequest) -> str:
         """The prompt text exactly as the model sees it."""
@@ -154,39 +182,12 @@ class TransformersLLM:
             return {"role": "user", "content": f"Tool result:\n{message.content}"}
         return message.to_dict()
 
-    def _adapter(self, name: str | None) -> AbstractContextManager[Any]:
-        """Activate adapter `name` for one request; None disables every adapter (the base model runs)."""
-        if name is None:
-            return nullcontext() if self._peft is None else self._peft.disable_adapter()
-        if name not in self._adapter_paths:
-            known = ", ".join(sorted(self._adapter_paths)) or "none installed"
-            raise LLMError(f"unknown adapter {name!r} (known adapters: {known}); see `metagent adapters list`")
-        loaded = self._peft is not None and name in self._peft.peft_config
-        if not loaded:
-            self._load_adapter(name, self._adapter_paths[name])
-        self._peft.set_adapter(name)
-        return nullcontext()
 
-    def _load_adapter(self, name: str, path: Path) -> None:
-        # PEFT injects the LoRA layers into `self.model`'s own modules: we keep calling `self.model`, and
-        # the active adapter (or none, under disable_adapter) takes effect there.
-        from peft import PeftModel
-
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except Exception as e:  # missing/invalid adapter_config.json, weights of another base model...
-            raise LLMError(f"cannot load adapter {name!r} from {path}: {type(e).__name__}: {e}"[:600]) from e
-        self._peft.eval()
-
-
-def _reply(text: str, request: LLMRequest, usage: Usage, generation: Generation) -> LLMReply:
+def _reply(text: str, request: LLMRequest, usage: Usage, finish: FinishReason) -> LLMReply:
     names = [t.name for t in request.tools]
-    cut = _cut_call_start(text) if generation.finish_reason == "length" else None
+    cut = _cut_call_start(text) if finish == "length" else None
     if cut is None:
-        return _unique_calls(parse_reply(text, names, usage, generation.finish_reason))
+        return _unique_calls(parse_reply(text, names, usage, finish))
     # max_new_tokens ran out inside a call: say so plainly instead of "invalid JSON".
     reply = parse_reply(text[:cut], names, usage, "length")
     error = (

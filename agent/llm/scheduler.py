@@ -1,0 +1,219 @@
+"""Scheduler: one decode thread runs the model for every caller, with continuous batching.
+
+Callers (threads; asyncio code reaches the engine through threads) `submit` a Job and read its events: token
+ids, then one `Done` (or an LLMError raised in that caller alone). The decode thread loops:
+
+    admit: while the batch has room (max_batch), take the next waiting job, load its adapter if needed,
+           prefill its prompt alone, choose its first token, and merge its cache into the running batch;
+    step:  one forward of every row's last token, each row's own choice (grammar mask, repetition penalty,
+           temperature), then rows that finished (end token, max_new_tokens, grammar complete) or whose
+           caller went away (`Job.cancel`: a stream closed early) leave the batch.
+
+So a request that arrives while others decode joins them at the next step, and its first token does not wait
+for the batch to finish. A request that fails (its adapter does not load, its grammar rejects a token) fails
+alone; a failed batch forward (out of memory) fails the rows in it, and the thread serves the next requests.
+The thread starts on the first submit and exits when nothing is left to do (no thread lingers per engine).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import LLMError
+from agent.llm.batching import KVBatch
+from agent.llm.decoding import FinishReason, Sampler
+from agent.llm.lora import LoraSet
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: FinishReason
+    completion_tokens: int  # every token the model chose, the end token included
+
+
+@dataclass
+class Job:
+    """One request in flight: its prompt, adapter and sampler; the caller reads `results()`."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    sampler: Sampler
+    events: queue.SimpleQueue[int | Done | LLMError] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The caller has gone: the decode thread drops the row at its next step (or never admits it)."""
+        self.cancelled = True
+
+    def results(self) -> Iterator[int | Done]:
+        """Text token ids as decoded, then Done; an LLMError the decode thread met for this job is raised here."""
+        while True:
+            event = self.events.get()
+            if isinstance(event, LLMError):
+                raise event
+            yield event
+            if isinstance(event, Done):
+                return
+
+
+@dataclass
+class _Row:
+    job: Job
+    adapter: str  # the internal PEFT adapter name ("__base__" for none)
+    last: int = 0  # the token this row feeds at the next step
+
+
+class Scheduler:
+    """Batches jobs on one model. `submit` from any thread; everything else runs in the decode thread."""
+
+    def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self._model = model
+        self._lora = lora
+        self.max_batch = max_batch
+        self._inbox: deque[Job] = deque()
+        self._wake = threading.Lock()
+        self._running = False
+        self._batch: KVBatch | None = None
+        self._rows: list[_Row] = []
+        self._mergeable: bool | None = None  # known after the first prefill
+        self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
+        self.max_rows_seen = 0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted and not yet admitted into the batch."""
+        with self._wake:
+            return len(self._inbox)
+
+    @property
+    def running(self) -> bool:
+        """Whether the decode thread is alive (it exits when it has nothing to do)."""
+        with self._wake:
+            return self._running
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            self._inbox.append(job)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="metagent-decode", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            while self._has_work():
+                self._admit()
+                if self._rows:
+                    self._step()
+        except BaseException as e:  # a bug here must not leave callers waiting forever
+            self._fail_everything(e)
+            raise
+
+    def _has_work(self) -> bool:
+        with self._wake:
+            if not self._rows and not self._inbox:
+                self._running = False
+                return False
+            return True
+
+    def _capacity(self) -> int:
+        return 1 if self._mergeable is False else max(1, self.max_batch)
+
+    def _admit(self) -> None:
+        while len(self._rows) < self._capacity():
+            with self._wake:
+                if not self._inbox:
+                    return
+                job = self._inbox.popleft()
+            if job.cancelled:
+                continue
+            try:
+                self._prefill(job)
+            except LLMError as e:
+                job.events.put(e)
+            except Exception as e:  # out of memory on this prompt, or a model error: this job only
+                job.events.put(_model_error(e, f"a {len(job.prompt_ids)}-token prompt"))
+
+    def _prefill(self, job: Job) -> None:
+        row = _Row(job, self._lora.resolve(job.adapter))
+        piece, logits = KVBatch.prefill(self._model, job.prompt_ids, self._lora.route, row.adapter)
+        if self._mergeable is None:
+            self._mergeable = piece.mergeable
+        if not self._emit(row, job.sampler.choose(logits)):
+            return  # done after one token: it never joins the batch
+        if self._batch is None:
+            self._batch = piece
+        else:
+            self._batch.merge(piece)
+        self._rows.append(row)
+        self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+
+    def _step(self) -> None:
+        self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+        if self._batch is None:
+            return
+        try:
+            logits = self._batch.step([r.last for r in self._rows], self._lora.route, [r.adapter for r in self._rows])
+        except Exception as e:
+            for row in self._rows:
+                row.job.events.put(_model_error(e, f"a batch of {len(self._rows)} requests"))
+            self._keep([])
+            return
+        self.steps += 1
+        keep = [i for i, row in enumerate(self._rows)
+                if not row.job.cancelled and self._emit(row, row.job.sampler.choose(logits[i]))]
+        self._keep(keep)
+
+    def _emit(self, row: _Row, token: int) -> bool:
+        """Hand a chosen token to the row's caller; False when the row is done."""
+        sampler = row.job.sampler
+        try:
+            is_text = sampler.accept(token)
+        except LLMError as e:  # the grammar rejected the token
+            row.job.events.put(e)
+            return False
+        if is_text:
+            row.job.events.put(token)
+        if sampler.finish_reason is not None:
+            row.job.events.put(Done(sampler.finish_reason, len(sampler.token_ids)))
+            return False
+        row.last = token
+        return True
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        if not keep or self._batch is None:
+            self._batch, self._rows = None, []
+        else:
+            self._batch.keep(keep)
+            self._rows = [self._rows[i] for i in keep]
+        self._lora.collect({row.adapter for row in self._rows})
+
+    def _fail_everything(self, error: BaseException) -> None:
+        message = f"the decode thread stopped: {type(error).__name__}: {error}"[:600]
+        with self._wake:
+            jobs = [row.job for row in self._rows] + list(self._inbox)
+            self._inbox.clear()
+            self._rows, self._batch, self._running = [], None, False
+        for job in jobs:
+            job.events.put(LLMError(message))
+
+
+def _model_error(error: Exception, what: str) -> LLMError:
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
+        message = (f"the model ran out of memory on {what}; shorten the conversation, lower max_new_tokens or "
+                   "[model] max_batch, or use a smaller model")
+    else:
+        message = f"the model failed on {what}: {type(error).__name__}: {error}"[:600]
+    wrapped = LLMError(message)
+    wrapped.__cause__ = error
+    return wrapped

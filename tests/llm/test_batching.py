@@ -1,0 +1,299 @@
+"""Continuous batching on tiny random Llama models: concurrent requests decode in one batch and get exactly
+what they get alone; rows with different LoRA adapters share a forward; a bad or cancelled request leaves
+the others alone.
+
+A `Gate` holds the decode thread inside a chosen forward until the test has queued the requests it wants
+batched, so every test builds the batch it means to (no timing, no sleeps that hope for overlap).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import LLMError
+from agent.llm.decoding import Generation
+from agent.llm.engine import TransformersLLM
+from agent.types import Constraint, LLMDelta, LLMReply, LLMRequest, Message
+from tests.llm.conftest import TinyFactory
+from tests.llm.test_llm_adapters import make_lora
+from tests.llm.test_llm_engine import LOOKUP, SEARCH, WEATHER, assert_valid_calls
+
+WAIT_S = 60.0
+
+
+class Gate:
+    """Blocks the decode thread at the start of the forwards numbered in `stops` (0 = the first forward)."""
+
+    def __init__(self, llm: TransformersLLM, stops: Sequence[int]) -> None:
+        self._llm = llm
+        self._stops = set(stops)
+        self._count = 0
+        self._held = threading.Event()
+        self._open = threading.Event()
+        self._handle = llm.model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any) -> None:
+        index, self._count = self._count, self._count + 1
+        if index in self._stops:
+            self._open.clear()
+            self._held.set()
+            self._open.wait(WAIT_S)
+
+    def wait_held(self) -> None:
+        assert self._held.wait(WAIT_S), "the decode thread never reached the gate"
+
+    def release_when_waiting(self, count: int) -> None:
+        """Once the thread is held and `count` requests wait to join, let it go on."""
+        self.wait_held()
+        deadline = time.monotonic() + WAIT_S
+        while self._llm.scheduler.waiting < count:
+            assert time.monotonic() < deadline, f"{self._llm.scheduler.waiting} waiting, expected {count}"
+            time.sleep(0.005)
+        self._held.clear()
+        self._open.set()
+
+    def remove(self) -> None:
+        self._stops.clear()
+        self._open.set()
+        self._handle.remove()
+
+
+def ask(text: str, max_new_tokens: int = 12, **kwargs: Any) -> LLMRequest:
+    return LLMRequest("act", (Message("system", "You are terse."), Message("user", text)),
+                      max_new_tokens=max_new_tokens, **kwargs)
+
+
+class Callers:
+    """Requests completed in threads; `results[i]` is request i's reply, or the exception it raised."""
+
+    def __init__(self, llm: TransformersLLM) -> None:
+        self._llm = llm
+        self.results: dict[int, LLMReply | Exception] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self, requests: Sequence[LLMRequest]) -> None:
+        for request in requests:
+            index = len(self._threads)
+            thread = threading.Thread(target=self._call, args=(index, request), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _call(self, index: int, request: LLMRequest) -> None:
+        try:
+            self.results[index] = self._llm.complete(request)
+        except Exception as e:
+            self.results[index] = e
+
+    def join(self) -> list[LLMReply | Exception]:
+        for thread in self._threads:
+            thread.join(WAIT_S)
+            assert not thread.is_alive(), "a caller never got its reply"
+        return [self.results[i] for i in range(len(self._threads))]
+
+
+def batched(llm: TransformersLLM, first: Sequence[LLMRequest],
+            late: Sequence[LLMRequest] = ()) -> list[LLMReply | Exception]:
+    """`first` all start together (one prefill each, then one batch); `late` join at the batch's third step."""
+    gate = Gate(llm, [0, len(first) + 2] if late else [0])
+    callers = Callers(llm)
+    try:
+        callers.start(first)
+        gate.release_when_waiting(len(first) - 1)  # the first one is in its prefill, held
+        if late:
+            gate.wait_held()  # now the batch is decoding
+            callers.start(late)
+            gate.release_when_waiting(len(late))
+        return callers.join()
+    finally:
+        gate.remove()
+
+
+def texts(replies: Sequence[LLMReply | Exception]) -> list[str]:
+    return [r.text if isinstance(r, LLMReply) else repr(r) for r in replies]
+
+
+def test_concurrent_requests_get_what_they_get_alone(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(tiny_model(0), tokenizer)
+    first = [ask("Hi."), ask("Tell me a long story about the sea, please.", 20), ask("2+2?", 6),
+             ask("Name three colours and explain why you like them.", 16)]
+    # Late arrivals with a prompt longer than the batch's cache (the batch is padded) and a shorter one.
+    late = [ask("Write a detailed essay about lighthouses, their keepers, and the storms they saw. " * 2, 10),
+            ask("Yo.", 14)]
+    alone = [llm.complete(r) for r in [*first, *late]]
+    together = batched(llm, first, late)
+    assert texts(together) == texts(alone)
+    assert [r.usage for r in together if isinstance(r, LLMReply)] == [r.usage for r in alone]
+    assert llm.scheduler.max_rows_seen == len(first) + len(late)
+
+
+def test_the_batched_engine_matches_the_plain_decode_loop(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(tiny_model(1), tokenizer, constrained=False)
+    requests = [ask("Hello there, how are you?", 16), ask("Hi.", 16), ask("What is the capital of France?", 16)]
+    plain = []
+    for request in requests:
+        generation = Generation(llm.model, llm.stop_ids)
+        ids = list(generation.tokens(llm.prompt_ids(request), request.max_new_tokens, 0.0))
+        plain.append(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+    assert texts(batched(llm, requests)) == plain
+
+
+def test_rows_with_different_adapters_share_a_batch(tiny_model: TinyFactory, tokenizer: Any,
+                                                    tmp_path: Path) -> None:
+    paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
+             "two": make_lora(tiny_model, tmp_path / "two", seed=2)}
+    llm = TransformersLLM(tiny_model(0), tokenizer, adapters=paths)
+    prompts = ["Say something.", "Tell me about the weather in Oslo today.", "Hi."]
+    requests = [ask(p, 10, adapter=a) for p in prompts for a in (None, "one", "two")]
+    llm.max_batch = len(requests)
+    alone = [llm.complete(r) for r in requests]
+    for i in range(0, len(requests), 3):
+        assert len({alone[i].text, alone[i + 1].text, alone[i + 2].text}) == 3  # the adapters change the output
+    reference = [_set_adapter_reference(tiny_model, paths, r, llm) for r in requests[:3]]
+    assert texts(alone[:3]) == reference  # routing by adapter_names = PEFT's set_adapter / base model
+    assert texts(batched(llm, requests)) == texts(alone)
+    assert llm.scheduler.max_rows_seen == len(requests)
+
+
+def _set_adapter_reference(tiny_model: TinyFactory, paths: dict[str, Path], request: LLMRequest,
+                           llm: TransformersLLM) -> str:
+    """The reply text from a separate copy of the model with the adapter made active the ordinary PEFT way."""
+    from peft import PeftModel
+
+    model = tiny_model(0)
+    if request.adapter is not None:
+        model = PeftModel.from_pretrained(model, str(paths[request.adapter])).eval().get_base_model()
+    ids = Generation(model, llm.stop_ids).tokens(llm.prompt_ids(request), request.max_new_tokens, 0.0)
+    return str(llm.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def test_a_bad_request_fails_alone(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    llm = TransformersLLM(tiny_model(0, max_positions=256), tokenizer, adapters={"broken": broken})
+    good = [ask("Hi.", 10), ask("Tell me a story.", 12)]
+    alone = [llm.complete(r) for r in good]
+    gate = Gate(llm, [0, 4])  # the first prefill, then the batch's second step
+    callers = Callers(llm)
+    try:
+        callers.start(good)
+        gate.release_when_waiting(1)
+        gate.wait_held()  # the good ones decode
+        # These two fail in their callers, before reaching the decode thread...
+        callers.start([ask("word " * 300), ask("Hi.", adapter="nope")])
+        # ...and this one inside it (adapters load there).
+        callers.start([ask("Hi.", adapter="broken")])
+        gate.release_when_waiting(1)
+        replies = callers.join()
+    finally:
+        gate.remove()
+    assert texts(replies[:2]) == texts(alone)
+    too_long, unknown, not_loading = replies[2:]
+    assert isinstance(too_long, LLMError) and "context of 256 tokens" in str(too_long)
+    assert isinstance(unknown, LLMError) and "unknown adapter 'nope'" in str(unknown)
+    assert isinstance(not_loading, LLMError) and "cannot load adapter 'broken'" in str(not_loading)
+    assert llm.complete(good[0]).text == alone[0].text
+
+
+def test_closing_a_stream_frees_its_row(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False)
+    llm.max_batch = 1  # the others can only start once the closed stream's row is gone
+    endless = ask("Write forever.", 150)
+    assert llm.complete(endless).usage.completion_tokens == 150  # it does not stop by itself
+    others = [ask("Hi.", 8), ask("Tell me a story.", 8)]
+    alone = [llm.complete(r) for r in others]
+    steps_before = llm.scheduler.steps
+    stream = llm.stream(endless)
+    first = next(stream)  # its row is decoding, alone
+    gate = Gate(llm, [0])  # its next step
+    callers = Callers(llm)
+    try:
+        gate.wait_held()
+        stream.close()  # the caller went away: the row leaves after this step
+        callers.start(others)
+        gate.release_when_waiting(2)
+        replies = callers.join()
+    finally:
+        gate.remove()
+    assert isinstance(first, LLMDelta)
+    assert texts(replies) == texts(alone)
+    assert llm.scheduler.steps - steps_before < 100  # far fewer than the 150 the closed stream asked for
+    deadline = time.monotonic() + WAIT_S
+    while llm.scheduler.running:  # nothing left: the decode thread exits
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_merged_rows_compute_the_logits_they_compute_alone(tiny_model: TinyFactory) -> None:
+    """KVBatch itself: rows merged at different steps, with caches of different lengths, and a row leaving."""
+    import torch
+
+    from agent.llm.batching import KVBatch
+
+    model = tiny_model(5)
+    prompts = [list(range(100, 111)), [1, 5, 9], list(range(300, 307))]
+    fed = [[11, 12, 13, 14, 15], [21, 22, 23, 24, 25], [31, 32, 33, 34, 35]]
+
+    def route(names: Sequence[str]) -> Any:
+        return nullcontext()
+
+    alone = []
+    for prompt, tokens in zip(prompts, fed, strict=True):
+        batch, logits = KVBatch.prefill(model, prompt, route, "__base__")
+        alone.append([logits] + [batch.step([t], route, ["__base__"])[0] for t in tokens])
+    batch, first = KVBatch.prefill(model, prompts[0], route, "__base__")
+    row1, second = KVBatch.prefill(model, prompts[1], route, "__base__")
+    batch.merge(row1)  # a shorter cache merged into a longer one
+    got: list[list[Any]] = [[first], [second], []]
+    for step in range(5):
+        if step == 2:  # row 2 joins a running batch; row 0 leaves after its 4th token
+            row2, third = KVBatch.prefill(model, prompts[2], route, "__base__")
+            batch.merge(row2)
+            got[2].append(third)
+        rows = [0, 1] if step < 2 else [0, 1, 2] if step < 4 else [1, 2]
+        tokens = [fed[r][step - (2 if r == 2 else 0)] for r in rows]
+        logits = batch.step(tokens, route, ["__base__"] * len(rows))
+        for i, r in enumerate(rows):
+            got[r].append(logits[i])
+        if step == 3:
+            batch.keep([1, 2])
+    for r, expected in enumerate(alone):
+        for have, want in zip(got[r], expected, strict=False):
+            assert torch.allclose(have, want, atol=1e-5), f"row {r} differs by {(have - want).abs().max()}"
+    # The longest row left: the padding only it needed is gone.
+    assert batch.size == 2 and batch.mask.shape[1] == max(len(prompts[1]) + 5, len(prompts[2]) + 3)
+
+
+def test_max_batch_caps_the_batch_and_queues_the_rest(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(tiny_model(2), tokenizer, constrained=False)
+    llm.max_batch = 2
+    requests = [ask(f"Question number {i}?", 6 + i) for i in range(5)]
+    alone = [llm.complete(r) for r in requests]
+    assert texts(batched(llm, requests)) == texts(alone)
+    assert llm.scheduler.max_rows_seen == 2
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFactory, tokenizer: Any,
+                                                             seed: int) -> None:
+    llm = TransformersLLM(tiny_model(seed), tokenizer)
+    tool_sets = [(LOOKUP,), (WEATHER, SEARCH), (LOOKUP, WEATHER, SEARCH), (SEARCH,)]
+    calls = [ask("Call something.", 1000, tools=tools, tool_choice="required", temperature=t)
+             for tools, t in zip(tool_sets, (0.0, 0.0, 1.0, 1.0), strict=True)]
+    choices = ("math", "chit-chat", "search the web")
+    others = [ask("Pick one.", 20, constraint=Constraint(choices=choices)), ask("Hello!", 15)]
+    replies = batched(llm, [*calls, *others])
+    for reply, tools in zip(replies, tool_sets, strict=False):
+        assert isinstance(reply, LLMReply)
+        assert_valid_calls(reply, tools)
+    choice, free = replies[-2], replies[-1]
+    assert isinstance(choice, LLMReply) and choice.text in choices
+    greedy = [calls[0], calls[1], *others]
+    assert texts([replies[0], replies[1], choice, free]) == texts([llm.complete(r) for r in greedy])
