@@ -1,15 +1,21 @@
 """Episodic memory: finished runs stored per user, recalled by similarity as exemplars for the planner.
 
 Each episode is one record in the "episodes" collection: the embedding of its request, filterable metadata
-(user_id, task_kind, outcome, created_at) and the whole episode as JSON in the document. Every read filters
-on user_id inside Chroma (a `where` clause), so one user's episodes never reach another user's prompts.
+(user_id, task_kind, outcome, rating, created_at) and the whole episode as JSON in the document. Every read
+filters on user_id inside Chroma (a `where` clause), so one user's episodes never reach another user's prompts.
+
+A user's rating (`Agent.feedback`, /good and /bad in the REPL) arrives through `set_feedback`: outcome
+"success" is the rating good, "failure" bad. The rating is kept apart from the outcome the run itself reached
+(a run that merely did not fail is unrated), so recall can put what the user approved first and the preference
+export (memory/export.py) can pair good answers with bad ones.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, get_args, get_type_hints
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
 from agent.errors import ConfigError
 from agent.protocols import Embedder
@@ -22,10 +28,19 @@ if TYPE_CHECKING:
 COLLECTION = "episodes"
 OUTCOMES: tuple[str, ...] = get_args(get_type_hints(Episode)["outcome"])
 DEFAULT_MIN_SCORE = 0.5
+RATINGS = {"success": "good", "failure": "bad"}  # the outcome set_feedback gets -> the user's rating
+CANDIDATES_PER_PLACE = 3  # recall looks this many times deeper than k, so a rated-good episode can move up
+
+
+@dataclass(frozen=True)
+class RatedEpisode:
+    episode: Episode
+    rating: Literal["good", "bad"]
 
 
 class ChromaEpisodes:
-    """EpisodicMemory over a VectorStore: per-user, similarity-ranked, successful episodes only on recall.
+    """EpisodicMemory over a VectorStore: per-user, similarity-ranked, successful episodes only on recall,
+    the user's good ones first.
 
     Isolation is by the `user_id` string the caller gives: this class does not authenticate users.
     """
@@ -51,9 +66,10 @@ class ChromaEpisodes:
     def recall(
         self, user_id: str, query: str, k: int, task_kind: str | None = None, min_score: float | None = None
     ) -> list[Episode]:
-        """Up to k successful episodes of this user similar to `query`, best first.
+        """Up to k successful episodes of this user similar to `query`: never a failed run or one rated bad.
 
-        With `task_kind`, episodes of that kind come first and others fill the remaining places. Episodes
+        Order: with `task_kind`, episodes of that kind come first and others fill the remaining places; within
+        each group, episodes the user rated good come before unrated ones, then by similarity. Episodes
         scoring below `min_score` (cosine similarity; default: the constructor's) are left out.
         """
         _check_user(user_id)
@@ -73,17 +89,31 @@ class ChromaEpisodes:
     def _query(
         self, vector: list[Sequence[float]], clauses: list[dict[str, Any]], k: int, floor: float
     ) -> list[Episode]:
+        """The k best matches of the filter: rated good first, then by similarity, none below `floor`."""
         # Chroma (>= 1.0) returns fewer than n_results when fewer records match the filter.
         result = self._collection.query(
             query_embeddings=vector,
-            n_results=k,
+            n_results=k * CANDIDATES_PER_PLACE,
             where={"$and": clauses},
-            include=["documents", "distances"],
+            include=["documents", "distances", "metadatas"],
         )
         docs = (result["documents"] or [[]])[0]
         dists = (result["distances"] or [[]])[0]
-        ranked = sorted(zip(dists, docs, strict=True), key=lambda pair: pair[0])
-        return [_episode(doc) for dist, doc in ranked if 1.0 - dist >= floor]
+        metas = (result["metadatas"] or [[]])[0]
+        found = [(meta.get("rating") != "good", dist, doc)
+                 for dist, doc, meta in zip(dists, docs, metas, strict=True) if 1.0 - dist >= floor]
+        return [_episode(doc) for _, _, doc in sorted(found, key=lambda item: item[:2])[:k]]
+
+    def rated(self, user_id: str | None = None) -> list[RatedEpisode]:
+        """The episodes a user rated good or bad (one user's, or everyone's with None), oldest first."""
+        clauses: list[dict[str, Any]] = [{"rating": {"$in": ["good", "bad"]}}]
+        if user_id is not None:
+            clauses.append(_user_filter(user_id))
+        got = self._collection.get(where={"$and": clauses} if len(clauses) > 1 else clauses[0],
+                                   include=["documents", "metadatas"])
+        rated = [RatedEpisode(_episode(doc), "good" if meta["rating"] == "good" else "bad")
+                 for doc, meta in zip(got["documents"] or [], got["metadatas"] or [], strict=True)]
+        return sorted(rated, key=lambda r: (r.episode.created_at, r.episode.id))
 
     def list(self, user_id: str | None = None) -> list[Episode]:
         """All episodes (of one user, or everyone's with None), newest first."""
@@ -99,10 +129,14 @@ class ChromaEpisodes:
         return len(ids)
 
     def set_feedback(self, episode_id: str, outcome: str | None, note: str | None) -> bool:
-        """Change an episode's outcome and/or feedback note; False when there is no such episode."""
+        """Change an episode's outcome and/or feedback note; False when there is no such episode.
+
+        This is the user's rating: outcome "success" rates the run good, "failure" bad (see RATINGS); any other
+        outcome clears the rating. A note alone keeps the rating as it was.
+        """
         if outcome is not None and outcome not in OUTCOMES:
             raise ConfigError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
-        got = self._collection.get(ids=[episode_id], include=["documents", "embeddings"])
+        got = self._collection.get(ids=[episode_id], include=["documents", "embeddings", "metadatas"])
         if not got["ids"] or got["embeddings"] is None:
             return False
         data = json.loads((got["documents"] or [""])[0])
@@ -111,13 +145,15 @@ class ChromaEpisodes:
         if note is not None:
             data["feedback"] = note
         episode = _from_dict(data)
+        old_rating = str(((got["metadatas"] or [{}])[0] or {}).get("rating", ""))
+        rating = old_rating if outcome is None else RATINGS.get(outcome, "")
         # The embedding (of the request) does not change, but is passed back: a document without an
         # embedding would make Chroma try to compute one, and it has no embedding function by design.
         self._collection.update(
             ids=[episode_id],
             embeddings=got["embeddings"],
             documents=[json.dumps(episode.to_dict())],
-            metadatas=[_metadata(episode)],
+            metadatas=[_metadata(episode, rating)],
         )
         return True
 
@@ -137,11 +173,13 @@ def _user_filter(user_id: str | None) -> Any:
     return {"user_id": user_id}
 
 
-def _metadata(episode: Episode) -> Any:
+def _metadata(episode: Episode, rating: str = "") -> Any:
+    """Chroma metadata; `rating` is "good", "bad" or "" (unrated: a new run, or one recorded again)."""
     return {
         "user_id": episode.user_id,
         "task_kind": episode.task_kind,
         "outcome": episode.outcome,
+        "rating": rating,
         "created_at": float(episode.created_at),
     }
 

@@ -130,3 +130,35 @@ def test_blank_user_is_refused(memory: ChromaEpisodes) -> None:
         memory.record(_episode("e1", " ", "x"))
     with pytest.raises(ConfigError, match="user_id"):
         memory.recall("", "x", k=1)
+
+
+def test_recall_puts_episodes_rated_good_first_within_a_kind(memory: ChromaEpisodes) -> None:
+    memory.record(_episode("near", "u", "convert 7 inches to centimetres"))  # the closest, never rated
+    memory.record(_episode("good", "u", "how many centimetres are in a foot?"))
+    memory.record(_episode("bad", "u", "convert 7 inches to centimetres please"))
+    memory.record(_episode("other", "u", "convert 7 inches to centimetres in python", kind="code"))
+    assert memory.set_feedback("good", "success", None)
+    assert memory.set_feedback("bad", "failure", "wrong factor")
+    query = "convert 7 inches to centimetres"
+    assert [e.id for e in memory.recall("u", query, k=1, task_kind="tool", min_score=0.0)] == ["good"]
+    got = memory.recall("u", query, k=4, task_kind="tool", min_score=0.0)
+    assert [e.id for e in got] == ["good", "near", "other"]  # same kind (good, then unrated), then the rest
+    assert "bad" not in [e.id for e in memory.recall("u", query, k=4, min_score=-1.0)]
+
+
+def test_rated_lists_what_the_user_rated_and_a_note_keeps_the_rating(memory: ChromaEpisodes) -> None:
+    memory.record(_episode("e1", "u", "convert 5 miles to km", at=1.0))
+    memory.record(_episode("e2", "u", "convert 6 miles to km", at=2.0))
+    memory.record(_episode("e3", "u", "convert 7 miles to km", at=3.0))  # unrated: not listed
+    memory.record(_episode("v1", "v", "convert 5 miles to km", at=4.0))
+    memory.set_feedback("e2", "failure", None)
+    memory.set_feedback("e1", "success", None)
+    memory.set_feedback("v1", "success", None)
+    assert [(r.episode.id, r.rating) for r in memory.rated("u")] == [("e1", "good"), ("e2", "bad")]
+    assert [r.episode.id for r in memory.rated()] == ["e1", "e2", "v1"]
+    memory.set_feedback("e2", None, "it used the wrong factor")
+    assert [(r.rating, r.episode.feedback) for r in memory.rated("u")][1] == ("bad", "it used the wrong factor")
+    memory.set_feedback("e2", "budget", None)  # an outcome that is not a rating clears it
+    assert [r.episode.id for r in memory.rated("u")] == ["e1"]
+    memory.record(replace(memory.rated("u")[0].episode, answer="recorded again"))  # a new record is unrated
+    assert memory.rated("u") == []
