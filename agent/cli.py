@@ -60,8 +60,7 @@ def _add_knowledge_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     teach.add_argument("--description", help="one line saying what the kind is (new kinds)")
     sub.add_parser("kinds", help="list task kinds")
 
-    adapters = sub.add_parser("adapters", help="LoRA adapters")
-    adapters.add_argument("action", choices=["list"])
+    _add_adapter_commands(sub.add_parser("adapters", help="LoRA adapters: list, show, remove, train"))
 
     memory = sub.add_parser("memory", help="episodic memory")
     msub = memory.add_subparsers(dest="action", required=True)
@@ -71,6 +70,33 @@ def _add_knowledge_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     forget = msub.add_parser("forget", help="delete episodes")
     forget.add_argument("--user", help="whose episodes (default: 'default')")
     forget.add_argument("--all", action="store_true", help="every user's episodes")
+
+
+def _add_adapter_commands(adapters: argparse.ArgumentParser) -> None:
+    asub = adapters.add_subparsers(dest="action", required=True)
+    alist = asub.add_parser("list", help="list adapters, their kinds and status")
+    alist.add_argument("--json", action="store_true")
+    show = asub.add_parser("show", help="print an adapter's metadata (base model, data, metrics)")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    remove = asub.add_parser("remove", help="delete an adapter")
+    remove.add_argument("name")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    train = asub.add_parser("train", help="train a LoRA adapter on the base model from a JSONL file")
+    train.add_argument("name")
+    data = train.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help='chat examples, one {"messages": [...], "tools": [...]} per line')
+    data.add_argument("--dpo", type=Path, help='preference pairs, one {"prompt", "chosen", "rejected"} per line')
+    train.add_argument("--kind", action="append", default=[], help="a task kind that uses it (repeatable)")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--lr", type=float, help="learning rate (default 1e-3; 2e-4 with --dpo)")
+    train.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha is twice the rank)")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--holdout", type=float, default=0.2, help="share of the rows held out to measure")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--beta", type=float, default=0.1, help="DPO: strength of the pull from the reference")
+    train.add_argument("--from", dest="from_adapter", metavar="NAME", help="start from this adapter's weights")
+    train.add_argument("--force", action="store_true", help="replace an existing adapter of that name")
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

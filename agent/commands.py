@@ -147,17 +147,9 @@ def kinds(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def adapters(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.adapters import AdapterRegistry
+    from agent.adapter_commands import adapters as run_adapters
 
-    found = AdapterRegistry(settings).list()
-    if not found:
-        out.print(f"no adapters in {settings.adapters_dir} (each adapter is a PEFT directory there)")
-        return EXIT_OK
-    table = Table("adapter", "kinds", "base model", "path", "status")
-    for a in found:
-        table.add_row(a.name, ",".join(a.kinds), a.base_model or "?", str(a.path), a.problem or "ok")
-    out.print(table)
-    return EXIT_OK
+    return run_adapters(args, settings)
 
 
 def memory(args: argparse.Namespace, settings: Settings) -> int:
