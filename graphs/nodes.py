@@ -70,18 +70,21 @@ def select_adapter(state: AgentState, runtime: Runtime[Deps]) -> Update:
 
 
 def recall_episodes(state: AgentState, runtime: Runtime[Deps]) -> Update:
+    """This user's similar past runs, as exemplars for the planner and act prompts: successful ones only (never
+    one rated bad), those of the same task kind first and, within a kind, those the user rated good first."""
     deps = runtime.context
     k = deps.settings.memory.recall_k
     if deps.episodes is None or k == 0:
         return {"exemplars": []}
     found = deps.episodes.recall(state["user_id"], state["request"], k, task_kind=state["task_kind"])
     # Past requests and answers are screened like retrieved text before they enter a prompt.
-    clean = [e for e in found if deps.guards.check_retrieved(f"{e.request}\n{e.answer}").action == "allow"]
+    clean = [e for e in found
+             if deps.guards.check_retrieved(f"{e.request}\n{e.plan}\n{e.answer}").action == "allow"]
     return {"exemplars": [_exemplar(e.to_dict()) for e in clean]}
 
 
 def _exemplar(episode: dict[str, Any]) -> dict[str, Any]:
-    keep = ("id", "request", "task_kind", "tool_calls", "answer")
+    keep = ("id", "request", "task_kind", "plan", "tool_calls", "answer")
     return {k: episode[k] for k in keep}
 
 
@@ -119,7 +122,8 @@ def make_plan(state: AgentState, runtime: Runtime[Deps]) -> Update:
         request = f"{request}\n(The previous plan failed: {notes}. Make a different plan.)"
     reply = deps.llm.complete(LLMRequest(
         purpose="plan",
-        messages=plan_messages(deps.settings.agent.system_prompt, request, tool_names),
+        messages=plan_messages(deps.settings.agent.system_prompt, request, tool_names,
+                               state.get("exemplars", [])),
         adapter=state.get("adapter"),
         max_new_tokens=160,
     ))

@@ -19,8 +19,13 @@ def template(name: str) -> str:
     return resources.files("agent.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
 
 
-def plan_messages(system: str, request: str, tool_names: list[str]) -> tuple[Message, ...]:
+def plan_messages(system: str, request: str, tool_names: list[str],
+                  exemplars: list[dict[str, Any]] | None = None) -> tuple[Message, ...]:
+    """The planner's prompt: past runs that went well (their request, plan and calls) before the task."""
     body = template("plan").format(tools=", ".join(tool_names) or "none", request=request)
+    if exemplars:
+        shown = template("exemplars").format(exemplars=render_exemplars(exemplars, with_plan=True))
+        body = f"{shown}\n\n{body}"
     return (Message("system", system), Message("user", body))
 
 
@@ -51,12 +56,15 @@ def render_passages(passages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_exemplars(exemplars: list[dict[str, Any]]) -> str:
+def render_exemplars(exemplars: list[dict[str, Any]], with_plan: bool = False) -> str:
+    """Past runs as "Request / (Plan) / Tool calls / Answer" blocks; the planner also sees their plans."""
     blocks = []
     for ep in exemplars:
         calls = "; ".join(f"{c['name']}({json.dumps(c.get('arguments', {}))})"
                           for c in ep.get("tool_calls", []) if c.get("ok", True))  # never teach a failed call
         block = f"Request: {ep['request']}"
+        if with_plan and ep.get("plan"):
+            block += f"\nPlan: {' '.join(ep['plan'].split())}"
         if calls:
             block += f"\nTool calls: {calls}"
         block += f"\nAnswer: {ep['answer']}"
