@@ -39,11 +39,11 @@ class SandboxResult:
 @dataclass(frozen=True)
 class ProcessLimits:
     """When run_process stops a child: after timeout_s, at output_cap_bytes of stdout+stderr, or as soon as
-    `watch` (polled every EXIT_POLL_S at most) returns a reason."""
+    one of `watches` (each called with the child's pid, every EXIT_POLL_S at most) returns a reason."""
 
     timeout_s: float
     output_cap_bytes: int
-    watch: Callable[[], str | None] | None = None
+    watches: tuple[Callable[[int], str | None], ...] = ()
 
 
 @dataclass
@@ -52,14 +52,17 @@ class _Capture:
     out: bytearray
     err: bytearray
     truncated: bool = False
-    watch: Callable[[], str | None] | None = None
+    watches: tuple[Callable[[int], str | None], ...] = ()
+    pid: int = 0
     stopped: str | None = None
 
     @property
     def stop(self) -> bool:
-        """Whether the child must be stopped now: output cap reached, or the watch gave a reason."""
-        if self.stopped is None and self.watch is not None:
-            self.stopped = self.watch()
+        """Whether the child must be stopped now: output cap reached, or a watch gave a reason."""
+        for watch in self.watches:
+            if self.stopped is not None:
+                break
+            self.stopped = watch(self.pid)
         return self.truncated or self.stopped is not None
 
     def add(self, is_err: bool, data: bytes) -> None:
@@ -85,7 +88,7 @@ def run_process(
         start_new_session=True,  # its own session and process group: killpg reaches all of it
         close_fds=True,
     )
-    capture = _Capture(limits.output_cap_bytes, bytearray(), bytearray(), watch=limits.watch)
+    capture = _Capture(limits.output_cap_bytes, bytearray(), bytearray(), watches=limits.watches, pid=proc.pid)
     deadline = started + limits.timeout_s
     try:
         timed_out = _pump(proc, stdin.encode() if stdin is not None else None, capture, deadline)

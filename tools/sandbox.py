@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 from agent.errors import ConfigError
 from tools import landlock, seccomp
 from tools.process import ProcessLimits, SandboxResult, run_process
+from tools.proctree import TreeMemory
 from tools.sandbox_plan import (
     encode_plan,
     init_source,
@@ -168,7 +169,8 @@ class _SandboxBase:
         binds.append((str(workspace), False))
         init = [python_binary(), "-I", "-S", "-c", init_source()]
         command = [*self._wrap(init, plan, binds, workspace), *call.argv]
-        stops = ProcessLimits(call.timeout_s, call.output_cap_bytes, watch=staged.over_cap)
+        stops = ProcessLimits(call.timeout_s, call.output_cap_bytes,
+                              watches=(staged.over_cap, TreeMemory(call.memory_mb << 20)))
         return run_process(command, sandbox_env(workspace), stops, stdin=call.stdin)
 
     def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
@@ -226,7 +228,10 @@ class BwrapSandbox(_SandboxBase):
         for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives"):
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+        # bwrap's /dev is a tmpfs with no size limit, writable by the sandbox's own user: cap /dev/shm like
+        # /tmp, and make the rest of /dev read-only (device nodes still read and write as usual).
+        for scratch in ("/dev/shm", "/tmp"):
+            argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", scratch]
         made = {"/", "/usr", "/etc", "/tmp", "/proc", "/dev"}
         for src, read_only in binds:
             if src == "/usr" or src.startswith("/usr/"):
@@ -236,7 +241,7 @@ class BwrapSandbox(_SandboxBase):
                     argv += ["--perms", "0755", "--dir", str(parent)]
                     made.add(str(parent))
             argv += ["--ro-bind" if read_only else "--bind", src, src]
-        argv += ["--chdir", str(workspace), "--", *init, encode_plan(plan), "--"]
+        argv += ["--remount-ro", "/dev", "--chdir", str(workspace), "--", *init, encode_plan(plan), "--"]
         return argv
 
 

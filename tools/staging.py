@@ -11,6 +11,9 @@ back:
     symlinks, hard links (a file with several links), FIFOs, sockets, devices
                                   never followed, never copied: listed as skipped
 
+Walks go through directory descriptors and stop MAX_DEPTH levels down (a deeper tree stops the call while it
+runs; what is deeper is neither copied in nor back); the copy is deleted without recursion, whatever its depth.
+
 Every workspace operation goes through directory descriptors opened with O_NOFOLLOW, so a symlink planted in
 the workspace by anything cannot redirect a write outside it. The cap is hard for the workspace itself (it
 never grows past it through a sandboxed call); on the host disk the copy may overshoot it by what the code
@@ -34,7 +37,8 @@ from pathlib import Path
 from agent.errors import ConfigError
 
 POLL_S = 0.05
-MAX_ENTRIES = 20_000  # files and directories in one staged copy
+MAX_ENTRIES = 10_000  # files and directories in one staged copy
+MAX_DEPTH = 32  # directory levels below the workspace that are copied and watched
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
@@ -70,18 +74,21 @@ class Staged:
     manifest: Manifest
     _next_poll: float = 0.0
 
-    def over_cap(self) -> str | None:
+    def over_cap(self, pid: int = 0) -> str | None:
         """Why the call must stop (the copy is over its cap), or None. Cheap to call often: it walks the copy
-        at most every POLL_S seconds."""
+        at most every POLL_S seconds. (`pid`, the call's process, is not needed: a ProcessLimits watch.)"""
         now = time.monotonic()
         if now < self._next_poll:
             return None
-        self._next_poll = now + POLL_S
-        size, entries = _usage(self.root)
+        size, entries, too_deep = _usage(self.root)
+        # A big copy takes a while to walk: poll less often, so watching costs at most ~20% of a core.
+        self._next_poll = now + max(POLL_S, 5 * (time.monotonic() - now))
         if size > self.cap_bytes:
             return f"the workspace grew past its cap of {_mib(self.cap_bytes)} ([tools] workspace_cap_mb)"
         if entries > MAX_ENTRIES:
             return f"the workspace grew past {MAX_ENTRIES} files and directories"
+        if too_deep:
+            return f"the workspace nests directories more than {MAX_DEPTH} levels deep"
         return None
 
     def collect(self, workspace: Path) -> Changes:
@@ -91,7 +98,8 @@ class Staged:
         ws_fd = os.open(workspace, _OPEN_DIR)
         try:
             budget = [self.cap_bytes]
-            for rel, info in _walk(self.root):
+            too_deep: list[str] = []
+            for rel, info in _walk(self.root, too_deep):
                 if stat.S_ISDIR(info.st_mode):
                     continue
                 seen.add(rel)
@@ -102,6 +110,7 @@ class Staged:
                         changes.written.append(rel)
                     else:
                         changes.skipped.append(rel)
+            changes.skipped += [f"{rel}/ (more than {MAX_DEPTH} levels deep)" for rel in too_deep]
             for rel, before in self.manifest.items():
                 if rel not in seen and _delete_if_unchanged(ws_fd, rel, before):
                     changes.deleted.append(rel)
@@ -110,7 +119,7 @@ class Staged:
         return changes
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)
 
 
 def stage(workspace: Path, cap_bytes: int, owner: tuple[int, int] | None = None) -> Staged:
@@ -122,7 +131,7 @@ def stage(workspace: Path, cap_bytes: int, owner: tuple[int, int] | None = None)
         if owner is not None:
             _chown_tree(root, *owner)
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
         raise
     return Staged(root, cap_bytes, manifest)
 
@@ -165,37 +174,95 @@ def _copy_file(src: Path, dest: Path) -> bool:
     return True
 
 
-def _walk(top: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of everything under top, parents before children; never follows a link."""
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(top, follow_symlinks=False):
-        base = os.path.relpath(dirpath, top)
-        for name in [*dirnames, *filenames]:
-            try:
-                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            yield (name if base == "." else f"{base}/{name}"), info
+def _walk(top: Path, too_deep: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of everything under top, parents before children, through directory descriptors
+    (no path grows past PATH_MAX); never follows a link. Directories MAX_DEPTH levels down are listed but not
+    entered: their paths go to `too_deep`."""
+    fd = os.open(top, _OPEN_DIR)
+    try:
+        yield from _walk_fd(fd, "", 1, too_deep if too_deep is not None else [])
+    finally:
+        os.close(fd)
 
 
-def _usage(top: Path) -> tuple[int, int]:
-    """(bytes allocated, entries) under top."""
-    size = entries = 0
-    stack = [str(top)]
-    while stack:
+def _walk_fd(fd: int, prefix: str, depth: int, too_deep: list[str]) -> Iterator[tuple[str, os.stat_result]]:
+    with os.scandir(fd) as it:
+        names = [entry.name for entry in it]
+    for name in names:
         try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    entries += 1
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    size += max(info.st_size, info.st_blocks * 512) if stat.S_ISREG(info.st_mode) else 0
-                    if stat.S_ISDIR(info.st_mode):
-                        stack.append(entry.path)
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
             continue
-    return size, entries
+        yield prefix + name, info
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        if depth >= MAX_DEPTH:
+            too_deep.append(prefix + name)
+            continue
+        try:
+            child = os.open(name, _OPEN_DIR, dir_fd=fd)
+        except OSError:
+            continue
+        try:
+            yield from _walk_fd(child, f"{prefix}{name}/", depth + 1, too_deep)
+        finally:
+            os.close(child)
+
+
+def _usage(top: Path) -> tuple[int, int, bool]:
+    """(bytes allocated, entries, whether directories nest deeper than MAX_DEPTH) under top."""
+    size = entries = 0
+    too_deep: list[str] = []
+    try:
+        for _, info in _walk(top, too_deep):
+            entries += 1
+            if stat.S_ISREG(info.st_mode):
+                size += max(info.st_size, info.st_blocks * 512)
+            if entries > MAX_ENTRIES:
+                break
+    except OSError:
+        pass
+    return size, entries, bool(too_deep)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a directory tree of any depth without recursion limits or over-long paths: subtrees deeper than
+    MAX_DEPTH are moved up to the top and deleted in the next pass. Never follows a link."""
+    try:
+        root_fd = os.open(root, _OPEN_DIR)
+    except OSError:
+        return
+    try:
+        for _ in range(100_000):  # each pass removes MAX_DEPTH levels of every subtree
+            with os.scandir(root_fd) as it:
+                if next(it, None) is None:
+                    break
+            _clear(root_fd, root_fd, 1)
+    except OSError:
+        pass
+    finally:
+        os.close(root_fd)
+    try:
+        os.rmdir(root)
+    except OSError:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _clear(fd: int, root_fd: int, depth: int) -> None:
+    with os.scandir(fd) as it:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
+    for name, is_dir in names:
+        if not is_dir:
+            _unlink_quietly(name, fd)
+        elif depth >= MAX_DEPTH:
+            os.rename(name, f".deep-{time.monotonic_ns()}", src_dir_fd=fd, dst_dir_fd=root_fd)
+        else:
+            child = os.open(name, _OPEN_DIR, dir_fd=fd)
+            try:
+                _clear(child, root_fd, depth + 1)
+            finally:
+                os.close(child)
+            os.rmdir(name, dir_fd=fd)
 
 
 def _open_parent(ws_fd: int, rel: str, create: bool) -> int | None:

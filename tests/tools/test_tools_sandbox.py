@@ -208,6 +208,26 @@ def test_memory_limit(sandbox: Sandbox, workspace: Path) -> None:
     assert result.exit_code != 0 and "MemoryError" in result.stderr and "allocated" not in result.stdout
 
 
+def test_memory_of_the_whole_process_tree_is_limited(sandbox: Sandbox, workspace: Path) -> None:
+    """Each process stays under the per-process limit; six of them together do not."""
+    needs_python(sandbox, workspace)
+    code = (
+        "import os, time\n"
+        "for _ in range(5):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "b = bytearray(90 * 1024 * 1024)\n"
+        "open(f'alive-{os.getpid()}', 'w').close()\n"
+        "time.sleep(20)\n"
+    )
+    started = time.monotonic()
+    result = sandbox.run([python_binary(), "-I", "-c", code], workspace=workspace, timeout_s=15, memory_mb=200,
+                         output_cap_bytes=4096)  # fmt: skip
+    assert time.monotonic() - started < 10 and not result.timed_out, result
+    assert result.stopped is not None and "memory" in result.stopped
+    assert list(workspace.iterdir()) == []  # a stopped call brings nothing back
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="privileges are only dropped when metagent runs as root")
 def test_root_drops_privileges(sandbox: Sandbox, workspace: Path) -> None:
     script = "id -u > uid.txt; cat /etc/shadow > shadow.txt 2>/dev/null; ls -A /root > root.txt 2>/dev/null; true"

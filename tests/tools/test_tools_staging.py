@@ -14,7 +14,7 @@ import pytest
 
 from agent.errors import ConfigError
 from tools.sandbox import ProcessSandbox, probe
-from tools.staging import Staged, stage
+from tools.staging import MAX_DEPTH, Staged, stage
 
 
 @pytest.fixture
@@ -143,3 +143,30 @@ def test_a_call_that_outgrows_the_cap_is_stopped_and_its_changes_discarded(mode:
     assert result.stopped is not None and "cap" in result.stopped
     assert sorted(p.name for p in workspace.iterdir()) == ["keep.txt"]
     assert (workspace / "keep.txt").read_text() == "keep"
+
+
+def _nest(top: Path, levels: int) -> None:
+    """`levels` nested directories under top, made relative to each one's parent (no path length limit)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(levels):
+        os.mkdir("d" * 200, dir_fd=fd)
+        child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("deep")
+    os.close(fd)
+
+
+def test_a_tree_too_deep_for_paths_and_recursion_is_stopped_skipped_and_removed(workspace: Path) -> None:
+    with staged_copy(workspace) as staged:
+        _nest(staged.root, 1500)  # 300 KB of path: past PATH_MAX and Python's recursion limit
+        (staged.root / "ok.txt").write_text("fine")
+        time.sleep(0.06)
+        assert "levels deep" in (staged.over_cap() or "")
+        changes = staged.collect(workspace)
+        root = staged.root
+    assert changes.written == ["ok.txt"]
+    assert changes.skipped == ["/".join(["d" * 200] * MAX_DEPTH) + f"/ (more than {MAX_DEPTH} levels deep)"]
+    assert sorted(p.name for p in workspace.iterdir()) == ["ok.txt"]
+    assert not root.exists()
