@@ -70,6 +70,13 @@ def _add_knowledge_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     forget = msub.add_parser("forget", help="delete episodes")
     forget.add_argument("--user", help="whose episodes (default: 'default')")
     forget.add_argument("--all", action="store_true", help="every user's episodes")
+    export = msub.add_parser("export", help="preference pairs from runs rated good and bad, for DPO training")
+    export.add_argument("--format", choices=["dpo"], default="dpo",
+                        help='dpo: one {"prompt", "chosen", "rejected", "kind"} object per line')
+    export.add_argument("--user", help="only this user's runs (default: every user; pairs never mix users)")
+    export.add_argument("--out", help="file to write (default: standard output)")
+    export.add_argument("--min-similarity", type=float, default=0.9,
+                        help="how alike two requests must be (cosine) to pair their runs (default 0.9)")
 
 
 def _add_adapter_commands(adapters: argparse.ArgumentParser) -> None:

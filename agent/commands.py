@@ -156,9 +156,12 @@ def memory(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings)
     try:
-        episodes = make_episodes(settings, store, make_embedder())
+        embedder = make_embedder()
+        episodes = make_episodes(settings, store, embedder)
         if args.action == "list":
             return _list_episodes(episodes.list(args.user), args.json)
+        if args.action == "export":
+            return _export_preferences(episodes.rated(args.user), embedder, settings, args)
         if args.all and args.user:
             raise ConfigError("use either --user U or --all, not both")
         user = "default" if args.user is None else args.user
@@ -166,6 +169,32 @@ def memory(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"forgot {count} episode(s)" + ("" if args.all else f" of user {user!r}"))
     finally:
         store.close()
+    return EXIT_OK
+
+
+def _export_preferences(rated: list[Any], embedder: Any, settings: Settings, args: argparse.Namespace) -> int:
+    """`memory export --format dpo`: (prompt, chosen, rejected) pairs from rated runs (memory/export.py)."""
+    from memory.export import preference_pairs, write_jsonl
+
+    pairs = preference_pairs(rated, embedder, settings.agent.system_prompt, args.min_similarity)
+    if not pairs:
+        good = sum(r.rating == "good" for r in rated)
+        who = f"user {args.user!r} has" if args.user else "all users have"
+        err.print(f"no preference pairs to export: {who} {good} run(s) rated good and {len(rated) - good} rated "
+                  "bad, and a pair needs a good and a bad run of the same kind for the same request. Rate answers "
+                  "with /good and /bad in `metagent chat`, or Agent.feedback(run_id, 'good' or 'bad').")
+        return EXIT_OK
+    if args.out is None:
+        write_jsonl(pairs, sys.stdout)
+        return EXIT_OK
+    path = Path(args.out).expanduser()
+    try:
+        with path.open("w", encoding="utf-8") as file:
+            write_jsonl(pairs, file)
+    except OSError as e:
+        raise ConfigError(f"cannot write the preference pairs to {path}: {e}") from e
+    err.print(f"wrote {len(pairs)} preference pair(s) from {len(rated)} rated run(s) to {path}; train on them "
+              f"with `metagent adapters train NAME --dpo {path}`")
     return EXIT_OK
 
 
