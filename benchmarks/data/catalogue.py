@@ -44,7 +44,7 @@ DINING = (
       ("book a table at {restaurant} for {party_size} people at {time}",
        "reserve {restaurant} at {time} for a party of {party_size}")),
     F("find_restaurants", "Search restaurants in a city by cuisine.", "dining",
-      (text("city", "city", P.CITIES), choice("cuisine", "kind of food", ("thai", "italian", "mexican", "vegan",
+      (text("city", "", P.CITIES), choice("cuisine", "kind of food", ("thai", "italian", "mexican", "vegan",
                                                                            "japanese")),
        choice("price", "price level", ("cheap", "moderate", "expensive"), "that are {}", False)),
       ("find {cuisine} restaurants in {city}", "Where can I eat {cuisine} food in {city}?")),
@@ -59,7 +59,7 @@ TRAVEL = (
     F("book_hotel", "Book a hotel room for a guest.", "travel",
       (record("guest", "who stays", (made_up("name", "full name", person), made_up("email", "address", email)),
               "{name} ({email})"),
-       text("city", "city", P.CITIES), integer("nights", "how many nights", 1, 14),
+       text("city", "", P.CITIES), integer("nights", "how many nights", 1, 14),
        flag("breakfast", "breakfast included", "with breakfast", "without breakfast")),
       ("book a hotel in {city} for {nights} nights for {guest}", "reserve {nights} nights in {city} for {guest}")),
     F("convert_currency", "Convert an amount between currencies.", "travel",
@@ -70,7 +70,7 @@ TRAVEL = (
 SHOPPING = (
     F("add_to_cart", "Add a product to the shopping cart.", "shopping",
       (text("product", "product name", P.PRODUCTS), integer("quantity", "how many", 1, 9),
-       choice("color", "color", P.COLORS, "in {}", False), flag("gift_wrap", "wrap as a gift", "gift wrapped",
+       choice("color", "", P.COLORS, "in {}", False), flag("gift_wrap", "wrap as a gift", "gift wrapped",
                                                                 "without gift wrapping")),
       ("add {quantity} {product} to my cart", "put {quantity} of the {product} in the cart")),
     F("track_order", "Where an order is.", "shopping",
@@ -102,7 +102,7 @@ MESSAGING = (
 )
 MUSIC = (
     F("play_song", "Play a song.", "music",
-      (text("title", "song title", P.SONGS), text("artist", "artist", P.ARTISTS, "by {}", False),
+      (text("title", "song title", P.SONGS), text("artist", "", P.ARTISTS, "by {}", False),
        flag("shuffle", "shuffle after it", "then shuffle", "without shuffle")),
       ("play {title}", "put on the song {title}")),
     F("create_playlist", "Create a playlist from songs.", "music",
@@ -112,11 +112,11 @@ MUSIC = (
 )
 HOME = (
     F("set_thermostat", "Set a room's target temperature.", "home",
-      (text("room", "room", P.ROOMS), number("temperature", "degrees", 16, 26), UNITS),
+      (text("room", "", P.ROOMS), number("temperature", "degrees", 16, 26), UNITS),
       ("set the {room} to {temperature} degrees", "make the {room} {temperature} degrees")),
     F("toggle_device", "Switch a device on or off.", "home",
-      (text("device", "device", P.DEVICES), choice("state", "on or off", ("on", "off")),
-       text("room", "room", P.ROOMS, "in the {}", False)),
+      (text("device", "", P.DEVICES), choice("state", "on or off", ("on", "off")),
+       text("room", "", P.ROOMS, "in the {}", False)),
       ("turn {state} the {device}", "switch the {device} {state}")),
 )
 FILES = (
@@ -134,7 +134,7 @@ FINANCE = (
       (text("ticker", "ticker symbol", P.STOCKS),),
       ("What's {ticker} trading at?", "get the stock price of {ticker}")),
     F("transfer_money", "Transfer money to a person.", "finance",
-      (made_up("recipient", "full name", person), number("amount", "amount", 5, 2000),
+      (made_up("recipient", "full name", person), number("amount", "", 5, 2000),
        choice("currency", "ISO code", ("EUR", "USD", "GBP"))),
       ("send {amount} {currency} to {recipient}", "transfer {amount} {currency} to {recipient}")),
 )
@@ -161,7 +161,7 @@ RECIPES = (
 TASKS = (
     F("add_task", "Add a to-do item.", "tasks",
       (text("title", "task", ("pay rent", "water plants", "call the bank", "renew passport", "buy stamps")),
-       choice("priority", "priority", ("low", "normal", "high"), "with {} priority", False),
+       choice("priority", "", ("low", "normal", "high"), "with {} priority", False),
        made_up("due", "YYYY-MM-DD", date, "due {}", False)),
       ("add a task to {title}", "remind me to {title}")),
     F("translate_text", "Translate text into another language.", "tasks",
@@ -189,17 +189,17 @@ PETS = (
 )
 GARDEN = (
     F("water_schedule", "Set how often a plant is watered.", "garden",
-      (text("plant", "plant", P.PLANTS), integer("every_days", "interval", 1, 14),
+      (text("plant", "", P.PLANTS), integer("every_days", "interval", 1, 14),
        integer("ml", "water per watering", 50, 900, "with {} ml", False)),
       ("water the {plant} every {every_days} days", "set the {plant} to be watered every {every_days} days")),
     F("identify_pest", "Identify a plant pest from symptoms.", "garden",
-      (text("plant", "plant", P.PLANTS), choice("symptom", "what is seen", ("yellow leaves", "holes", "white spots",
+      (text("plant", "", P.PLANTS), choice("symptom", "what is seen", ("yellow leaves", "holes", "white spots",
                                                                           "sticky residue"))),
       ("my {plant} has {symptom}, what pest is it?", "identify the pest: {symptom} on the {plant}")),
 )
 SPORTS = (
     F("get_match_score", "Score of a team's latest match.", "sports",
-      (text("team", "team name", P.TEAMS), choice("league", "league", ("national", "regional", "youth"),
+      (text("team", "team name", P.TEAMS), choice("league", "", ("national", "regional", "youth"),
                                                  "in the {} league", False)),
       ("What was the score of the {team} game?", "get the latest {team} score")),
     F("buy_tickets", "Buy match tickets.", "sports",
@@ -220,8 +220,8 @@ JOBS = (
 )
 SHIPPING = (
     F("ship_parcel", "Send a parcel to an address.", "shipping",
-      (record("recipient", "who and where", (made_up("name", "full name", person), text("city", "city", P.CITIES),
-                                               text("street", "street", P.STREETS)),
+      (record("recipient", "who and where", (made_up("name", "full name", person), text("city", "", P.CITIES),
+                                               text("street", "", P.STREETS)),
               "{name}, {street}, {city}"),
        number("weight_kg", "parcel weight", 0.5, 30), flag("express", "next-day", "by express", "by standard post")),
       ("ship a {weight_kg} kg parcel to {recipient}", "send a parcel of {weight_kg} kg to {recipient}")),

@@ -65,7 +65,7 @@ def text(name: str, description: str, pool: Sequence[str], phrase: str = "{}", r
         value = rng.choice(pool)
         return value, value
 
-    return Param(name, {"type": "string", "description": description}, sample, phrase, required)
+    return Param(name, _schema("string", description), sample, phrase, required)
 
 
 def made_up(name: str, description: str, make: Callable[[random.Random], str], phrase: str = "{}",
@@ -75,7 +75,7 @@ def made_up(name: str, description: str, make: Callable[[random.Random], str], p
         value = make(rng)
         return value, value
 
-    return Param(name, {"type": "string", "description": description}, sample, phrase, required)
+    return Param(name, _schema("string", description), sample, phrase, required)
 
 
 def integer(name: str, description: str, low: int, high: int, phrase: str = "{}", required: bool = True) -> Param:
@@ -85,7 +85,7 @@ def integer(name: str, description: str, low: int, high: int, phrase: str = "{}"
         words = value < len(NUMBER_WORDS) and rng.random() < 0.25
         return (NUMBER_WORDS[value] if words else str(value)), value
 
-    schema = {"type": "integer", "description": description, "minimum": low, "maximum": high}
+    schema = _schema("integer", description, minimum=low, maximum=high)
     return Param(name, schema, sample, phrase, required)
 
 
@@ -96,7 +96,7 @@ def number(name: str, description: str, low: float, high: float, phrase: str = "
         value = int(value) if value == int(value) else value
         return f"{value}", value
 
-    return Param(name, {"type": "number", "description": description}, sample, phrase, required)
+    return Param(name, _schema("number", description), sample, phrase, required)
 
 
 def choice(name: str, description: str, options: Sequence[str], phrase: str = "{}", required: bool = True,
@@ -108,7 +108,7 @@ def choice(name: str, description: str, options: Sequence[str], phrase: str = "{
         value = rng.choice(options)
         return words.get(value, value), value
 
-    schema = {"type": "string", "description": description, "enum": list(options)}
+    schema = _schema("string", description, enum=list(options))
     return Param(name, schema, sample, phrase, required)
 
 
@@ -118,7 +118,7 @@ def flag(name: str, description: str, yes: str, no: str) -> Param:
         value = rng.random() < 0.6
         return (yes if value else no), value
 
-    return Param(name, {"type": "boolean", "description": description}, sample, "{}", False)
+    return Param(name, _schema("boolean", description), sample, "{}", False)
 
 
 def items(name: str, description: str, pool: Sequence[str], phrase: str = "{}", required: bool = True) -> Param:
@@ -127,7 +127,7 @@ def items(name: str, description: str, pool: Sequence[str], phrase: str = "{}", 
         chosen = rng.sample(list(pool), rng.choice((2, 3)))
         return ", ".join(chosen[:-1]) + " and " + chosen[-1], chosen
 
-    schema = {"type": "array", "description": description, "items": {"type": "string"}}
+    schema = _schema("array", description, items={"type": "string"})
     return Param(name, schema, sample, phrase, required)
 
 
@@ -138,9 +138,14 @@ def record(name: str, description: str, fields: Sequence[Param], said: str, phra
         drawn = {f.name: f.sample(rng) for f in fields}
         return said.format(**{k: s for k, (s, _) in drawn.items()}), {k: v for k, (_, v) in drawn.items()}
 
-    schema = {"type": "object", "description": description,
-              "properties": {f.name: f.schema for f in fields}, "required": [f.name for f in fields]}
+    schema = _schema("object", description, properties={f.name: f.schema for f in fields},
+                     required=[f.name for f in fields])
     return Param(name, schema, sample, phrase, required)
+
+
+def _schema(kind: str, description: str, **keywords: Any) -> dict[str, Any]:
+    """A property's schema; an empty description is left out (it would only repeat the name)."""
+    return {"type": kind, **({"description": description} if description else {}), **keywords}
 
 
 def person(rng: random.Random) -> str:

@@ -63,7 +63,7 @@ def judge_calls(expected: Sequence[Call], reply: LLMReply) -> CallVerdict:
 class CallTally:
     """Verdicts of one model variant over a test set, summed by example kind."""
 
-    verdicts: list[tuple[str, CallVerdict]]
+    verdicts: Sequence[tuple[str, CallVerdict]]
 
     def metrics(self) -> dict[str, Any]:
         with_calls = [v for _, v in self.verdicts if v.expected_call]
