@@ -74,9 +74,14 @@ class _Capture:
 
 
 def run_process(
-    argv: Sequence[str], env: Mapping[str, str], limits: ProcessLimits, stdin: str | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    limits: ProcessLimits,
+    stdin: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> SandboxResult:
-    """Run argv to completion or until a limit (timeout, output cap, watch) stops it, whichever is first."""
+    """Run argv to completion or until a limit (timeout, output cap, watch) stops it, whichever is first.
+    `pass_fds` stay open in the child (every other descriptor is closed)."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -87,6 +92,8 @@ def run_process(
         cwd="/",
         start_new_session=True,  # its own session and process group: killpg reaches all of it
         close_fds=True,
+        pass_fds=tuple(pass_fds),
+        umask=0o022,  # files the command creates: rw-r--r--, whatever the host's umask
     )
     capture = _Capture(limits.output_cap_bytes, bytearray(), bytearray(), watches=limits.watches, pid=proc.pid)
     deadline = started + limits.timeout_s

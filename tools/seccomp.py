@@ -199,17 +199,23 @@ def build_filter(machine: str, socket_families: tuple[int, ...] | None) -> list[
     return prog
 
 
+def packed_filter(socket_families: tuple[int, ...] | None, machine: str | None = None) -> bytes:
+    """The filter as the kernel reads it (struct sock_filter, 8 bytes each): what `install` loads, and what
+    bubblewrap's `--seccomp FD` reads."""
+    prog = build_filter(machine or os.uname().machine, socket_families)
+    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
 def install(socket_families: tuple[int, ...] | None, machine: str | None = None) -> None:
     """Set NO_NEW_PRIVS and install the filter on the calling thread (the sandbox init is single-threaded);
     it is inherited by every process started after. Raises SeccompError when the kernel refuses."""
-    prog = build_filter(machine or os.uname().machine, socket_families)
-    packed = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+    packed = packed_filter(socket_families, machine)
     buffer = ctypes.create_string_buffer(packed, len(packed))
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    fprog = SockFprog(len(prog), ctypes.addressof(buffer))
+    fprog = SockFprog(len(packed) // 8, ctypes.addressof(buffer))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
