@@ -2,8 +2,8 @@
 
 Adapters load on first use into the base model (`PeftModel.from_pretrained` injects LoRA layers into the
 model's own modules; later ones `load_adapter`); the base weights are never reloaded. Every forward names
-one adapter per row through PEFT's mixed-batch path (`adapter_names`, "__base__" for none), so rows with
-different adapters and base rows decode in one forward, and nothing is switched between requests (no
+one adapter per row (lorarouter.py: a gathered LoRA product, or PEFT's mixed-batch `adapter_names`), so rows
+with different adapters and base rows decode in one forward, and nothing is switched between requests (no
 `set_adapter` on the hot path).
 
 A retrained adapter (`add` with a name already loaded) loads under a new internal name (`name@2`): requests
@@ -14,14 +14,13 @@ deleted once no row uses it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from agent.errors import LLMError
-
-BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
+from agent.llm.lorarouter import BASE, LoraRouter
 
 
 class LoraSet:
@@ -34,6 +33,7 @@ class LoraSet:
         self._versions: dict[str, int] = {}
         self._lock = threading.Lock()  # guards _paths and _loaded against add() from other threads
         self.peft: Any = None  # the PeftModel wrapping the model, once an adapter is loaded
+        self._router = LoraRouter()
 
     @property
     def names(self) -> list[str]:
@@ -77,12 +77,7 @@ class LoraSet:
         """A context in which a forward runs row i under adapter names[i]."""
         if self.peft is None:
             return nullcontext()
-        return self._hooks(list(names))
-
-    @contextmanager
-    def _hooks(self, names: list[str]) -> Iterator[None]:
-        with self.peft.base_model._enable_peft_forward_hooks(adapter_names=names):
-            yield
+        return self._router.route(names)
 
     def collect(self, in_use: set[str]) -> None:
         """Delete replaced adapters' old weights that no row decodes with any more."""
@@ -90,22 +85,35 @@ class LoraSet:
             return
         with self._lock:
             current = set(self._loaded.values())
-        for internal in list(self.peft.peft_config):
-            if internal not in current and internal not in in_use and len(self.peft.peft_config) > 1:
+        stale = [n for n in self.peft.peft_config if n not in current and n not in in_use]
+        for internal in stale:
+            if len(self.peft.peft_config) > 1:
                 self.peft.delete_adapter(internal)
+        if stale:
+            self._router.refresh(self.peft)
 
     def _load(self, internal: str, path: Path) -> None:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
+        name = internal.split("@")[0]
         try:
+            if getattr(PeftConfig.from_pretrained(str(path)), "use_dora", False):
+                raise LLMError(f"adapter {name!r} uses DoRA, which the engine cannot decode in a batch with other "
+                               "adapters (PEFT's mixed-adapter forward refuses it); retrain it as plain LoRA")
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self._model, str(path), adapter_name=internal,
                                                       is_trainable=False)
             else:
                 self.peft.load_adapter(str(path), adapter_name=internal, is_trainable=False)
+        except LLMError:
+            raise
         except Exception as e:  # missing/invalid adapter_config.json, weights of another base model...
-            if self.peft is not None and internal in self.peft.peft_config and len(self.peft.peft_config) > 1:
-                self.peft.delete_adapter(internal)  # what a failed load_adapter left behind
-            name = internal.split("@")[0]
+            self._drop_failed(internal)
             raise LLMError(f"cannot load adapter {name!r} from {path}: {type(e).__name__}: {e}"[:600]) from e
         self.peft.eval()
+        self._router.refresh(self.peft)
+
+    def _drop_failed(self, internal: str) -> None:
+        """Delete what a failed or refused load left behind (PEFT keeps at least one adapter)."""
+        if self.peft is not None and internal in self.peft.peft_config and len(self.peft.peft_config) > 1:
+            self.peft.delete_adapter(internal)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,7 @@ class Scheduler:
         self._rows: list[_Row] = []
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
+        self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
 
     @property
@@ -160,6 +162,7 @@ class Scheduler:
         self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
         if self._batch is None:
             return
+        started = time.perf_counter()
         try:
             logits = self._batch.step([r.last for r in self._rows], self._lora.route, [r.adapter for r in self._rows])
         except Exception as e:
@@ -167,9 +170,10 @@ class Scheduler:
                 row.job.events.put(_model_error(e, f"a batch of {len(self._rows)} requests"))
             self._keep([])
             return
-        self.steps += 1
         keep = [i for i, row in enumerate(self._rows)
                 if not row.job.cancelled and self._emit(row, row.job.sampler.choose(logits[i]))]
+        self.steps += 1
+        self.step_s += time.perf_counter() - started
         self._keep(keep)
 
     def _emit(self, row: _Row, token: int) -> bool:

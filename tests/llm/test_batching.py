@@ -173,6 +173,64 @@ def _set_adapter_reference(tiny_model: TinyFactory, paths: dict[str, Path], requ
     return str(llm.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
+def make_variant(tiny_model: TinyFactory, folder: Path, seed: int, **config: Any) -> Path:
+    """A LoRA adapter with other settings than make_lora's (LoRA on the embedding, DoRA), lora_B perturbed."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model(0), LoraConfig(r=2, lora_alpha=4, **config))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 2.0)
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("dense_max", [32, 0], ids=["dense", "gathered"])
+def test_mixed_adapter_logits_equal_peft_with_that_adapter_active(tiny_model: TinyFactory, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  dense_max: int) -> None:
+    """Logit-level: the batched LoRA products (plain adapters; dense and gathered) and PEFT's adapter_names path
+    (an embedding LoRA in the batch) against a separate copy of the model with the row's adapter made active the
+    ordinary PEFT way."""
+    from agent.llm import lorarouter
+
+    monkeypatch.setattr(lorarouter, "DENSE_MAX_ADAPTERS", dense_max)
+    import torch
+    from peft import PeftModel
+
+    from agent.llm.batching import KVBatch
+    from agent.llm.lora import LoraSet
+
+    paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
+             "two": make_lora(tiny_model, tmp_path / "two", seed=2),
+             # LoRA on the embedding: not served by the gathered product, so PEFT's adapter_names path runs
+             "embed": make_variant(tiny_model, tmp_path / "embed", 3, target_modules=["embed_tokens", "v_proj"]),
+             "dora": make_variant(tiny_model, tmp_path / "dora", 4, target_modules=["v_proj"], use_dora=True)}
+    model = tiny_model(0)
+    lora = LoraSet(model, paths)
+    with pytest.raises(LLMError, match="adapter 'dora' uses DoRA"):  # PEFT cannot batch DoRA by adapter_names
+        lora.resolve("dora")
+    prompts = [[1, 5, 9, 14], list(range(100, 109)), [7, 8], list(range(300, 306))]
+    fed = [[11, 12, 13], [21, 22, 23], [31, 32, 33], [41, 42, 43]]
+    for adapters in (["__base__", "one", "two", "one"], ["two", "__base__", "embed", "one"], ["two"] * 4):
+        names = [lora.resolve(None if a == "__base__" else a) for a in adapters]
+        batch, _ = KVBatch.prefill(model, prompts[0], lora.route, names[0])
+        for prompt, name in zip(prompts[1:], names[1:], strict=True):
+            batch.merge(KVBatch.prefill(model, prompt, lora.route, name)[0])
+        for step in range(3):
+            logits = batch.step([f[step] for f in fed], lora.route, names)
+        for row, adapter in enumerate(adapters):
+            reference = tiny_model(0)
+            if adapter != "__base__":
+                reference = PeftModel.from_pretrained(reference, str(paths[adapter])).eval()
+            with torch.inference_mode():
+                want = reference(input_ids=torch.tensor([prompts[row] + fed[row]])).logits[0, -1]
+            assert torch.allclose(logits[row], want, atol=1e-4), f"{adapter}: {(logits[row] - want).abs().max()}"
+
+
 def test_a_bad_request_fails_alone(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
