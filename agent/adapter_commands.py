@@ -84,7 +84,8 @@ def train(args: argparse.Namespace, settings: Settings) -> int:
     dpo = args.dpo is not None
     lr = args.lr if args.lr is not None else (DPO_LR if dpo else Hyperparameters.lr)
     hyper = Hyperparameters(epochs=args.epochs, lr=lr, rank=args.rank, alpha=2 * args.rank,
-                            batch_size=args.batch_size, holdout=args.holdout, seed=args.seed, beta=args.beta)
+                            batch_size=args.batch_size, holdout=args.holdout, seed=args.seed, beta=args.beta,
+                            general_threshold_pct=args.general_threshold)
     hyper.check()  # these checks run before the model loads
     _check_data(args.dpo if dpo else args.data, dpo, hyper)
     with err.status("loading the model...") as status:

@@ -102,6 +102,8 @@ def _add_adapter_commands(adapters: argparse.ArgumentParser) -> None:
     train.add_argument("--holdout", type=float, default=0.2, help="share of the rows held out to measure")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--beta", type=float, default=0.1, help="DPO: strength of the pull from the reference")
+    train.add_argument("--general-threshold", type=float, default=25.0, metavar="PCT",
+                       help="warn when the adapter raises the general-set loss by more than PCT percent")
     train.add_argument("--from", dest="from_adapter", metavar="NAME", help="start from this adapter's weights")
     train.add_argument("--force", action="store_true", help="replace an existing adapter of that name")
 

@@ -58,7 +58,9 @@ class Hyperparameters:
     holdout: float = 0.2
     seed: int = 0
     beta: float = 0.1  # DPO only: how far from the reference model the preferences may pull
-    general_threshold_pct: float = 10.0  # the forgetting guard warns above this rise in general-set loss
+    # The forgetting guard warns above this rise in general-set loss. A task adapter always raises it a little
+    # (it answers its own kind's way); the first reminders adapter measured raised it 69% (README).
+    general_threshold_pct: float = 25.0
 
     def check(self) -> None:
         for name in ("epochs", "rank", "alpha", "batch_size"):

@@ -34,7 +34,8 @@ from agent.types import LLMReply, LLMRequest
 Scorer = Callable[[ChatExample, LLMReply], float]
 GENERAL_SET = "general_set.jsonl"
 MAX_REPLY_TOKENS = 256
-REPLY_SLACK_TOKENS = 24
+REPLY_SLACK_TOKENS = 8
+SCORER_SLACK_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,9 @@ class Evaluator:
         return int(pad) if isinstance(pad, int) else self.encoder.end_of_turn
 
     def _reply_budget(self, example: ChatExample) -> int:
-        """Enough tokens to write the reference and a little more (a longer reply does not match anyway)."""
-        return min(MAX_REPLY_TOKENS, len(self.encoder.reply_ids(example.target)) + REPLY_SLACK_TOKENS)
+        """The reference's length and a little more: a longer reply does not match anyway (a scorer gets more)."""
+        slack = SCORER_SLACK_TOKENS if self.scorer is not None else REPLY_SLACK_TOKENS
+        return min(MAX_REPLY_TOKENS, len(self.encoder.reply_ids(example.target)) + slack)
 
 
 def same_reply(reply: LLMReply, example: ChatExample) -> bool:

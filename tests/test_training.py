@@ -283,9 +283,9 @@ def test_requests_without_the_adapter_decode_exactly_as_before(trained: Trained)
 def test_the_general_set_check_is_recorded(trained: Trained) -> None:
     general = trained.report.general
     assert general is not None and general.examples >= 20
-    assert general.base_loss > 0 and general.adapter_loss > 0 and general.threshold_pct == 10.0
+    assert general.base_loss > 0 and general.adapter_loss > 0 and general.threshold_pct == 25.0
     assert general.change_pct == pytest.approx(100 * (general.adapter_loss / general.base_loss - 1))
-    assert general.worse == (general.change_pct > 10.0)
+    assert general.worse == (general.change_pct > 25.0)
 
 
 # -- DPO ------------------------------------------------------------------------------------------------
