@@ -8,13 +8,15 @@ Four tiers, strongest first; `detect_sandbox("auto")` picks the first that works
     UnshareSandbox   util-linux unshare: new mount/net/pid/ipc/uts namespaces over the host's root
     ProcessSandbox   NOT a sandbox: a separate process with limits and a dropped user, nothing more
 
-All of them run the command as a separate process in its own session and process group, through
-`sandbox_init` (rlimits: CPU from the timeout, address space from memory_mb, a few processes, 64 MiB files,
-no core dumps; then NO_NEW_PRIVS and, last before exec, the seccomp filter of tools/seccomp.py, which
-refuses ptrace, io_uring, bpf, mounts, new namespaces, keyrings, kernel modules... and, in the isolated
-tiers, sockets other than unix ones), with an environment built from an allowlist (nothing secret is
-inherited), cwd and HOME set to the workspace, stdout+stderr capped (the child is killed once the cap is
-hit), and the whole process group killed on timeout.
+All of them run the command as a separate process in its own session and process group with rlimits (CPU
+from the timeout, address space from memory_mb, a few processes, 64 MiB files, no core dumps), NO_NEW_PRIVS
+and, last before exec, the seccomp filter of tools/seccomp.py, which refuses ptrace, io_uring, bpf, mounts,
+new namespaces, keyrings, kernel modules... and, in the isolated tiers, sockets other than unix ones; with
+an environment built from an allowlist (nothing secret is inherited), cwd and HOME set to the workspace,
+stdout+stderr capped (the child is killed once the cap is hit), and the whole process group killed on
+timeout. landlock, unshare and none do these steps in `sandbox_init` (a Python started before the command);
+bwrap (tools/sandbox_bwrap.py) does them with prlimit, bwrap itself and setpriv, without a second Python.
+The parts all tiers share (staging, limits, host-side stops) are in tools/sandbox_base.py.
 
 When this process runs as root, the command runs as uid/gid 65534 ("nobody"), never as root, so root-owned
 files stay unreadable even where they are visible.
@@ -29,39 +31,29 @@ filter narrows the kernel's attack surface; it does not remove it.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from agent.errors import ConfigError
 from tools import landlock, seccomp
-from tools.process import ProcessLimits, SandboxResult, run_process
-from tools.proctree import TreeMemory
-from tools.sandbox_plan import (
-    encode_plan,
-    init_source,
-    minimal_roots,
-    process_limit,
-    python_binary,
-    python_roots,
-    real_path,
-    sandbox_env,
+from tools.process import SandboxResult
+from tools.sandbox_base import (
+    MAX_PROCESSES,
+    SANDBOX_UID,
+    TMPFS_BYTES,
+    Bind,
+    Sandbox,
+    SandboxBase,
 )
-from tools.staging import Staged, stage
+from tools.sandbox_bwrap import BwrapSandbox, helpers_problem
+from tools.sandbox_plan import encode_plan, python_binary
 
 SandboxMode = Literal["auto", "bwrap", "landlock", "unshare", "none"]
-SANDBOX_UID = SANDBOX_GID = 65534
-FILE_SIZE_BYTES = 64 << 20
-TMPFS_BYTES = 64 << 20
-WORKSPACE_CAP_BYTES = 256 << 20
-MAX_PROCESSES = 64
-OPEN_FILES = 256
 LANDLOCK_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
                          "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")  # fmt: skip
 HIDDEN_DIRS = ("/root", "/home", "/tmp", "/var/tmp", "/dev/shm", "/run", "/mnt", "/media", "/srv")
@@ -79,173 +71,7 @@ __all__ = [
 ]
 
 
-class Sandbox(Protocol):
-    """Runs one command in isolation with limits. `isolated` is False for the process-only fallback."""
-
-    name: str
-    isolated: bool
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        workspace: Path,
-        timeout_s: float,
-        memory_mb: int,
-        output_cap_bytes: int,
-        stdin: str | None = None,
-        readonly_paths: Sequence[Path] = (),
-        workspace_cap_bytes: int = WORKSPACE_CAP_BYTES,
-    ) -> SandboxResult:
-        """Run argv with cwd set to a staging copy of `workspace` (tools/staging.py): the changes come back into
-        the workspace when the call is over, unless it outgrew `workspace_cap_bytes`. `readonly_paths` (e.g. the
-        directories a tool module is imported from) are made visible read-only where the sandbox hides the
-        host's files."""
-        ...
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One `Sandbox.run` request, as passed between the steps of a run."""
-
-    argv: Sequence[str]
-    timeout_s: float
-    memory_mb: int
-    output_cap_bytes: int
-    stdin: str | None
-    readonly_paths: Sequence[Path]
-    workspace_cap_bytes: int
-
-
-class _SandboxBase:
-    """The parts every mode shares; subclasses say how the init program is wrapped."""
-
-    name = "base"
-    isolated = True
-    protects: tuple[str, ...] = ()
-    does_not_protect: tuple[str, ...] = ()
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        workspace: Path,
-        timeout_s: float,
-        memory_mb: int,
-        output_cap_bytes: int,
-        stdin: str | None = None,
-        readonly_paths: Sequence[Path] = (),
-        workspace_cap_bytes: int = WORKSPACE_CAP_BYTES,
-    ) -> SandboxResult:
-        if not argv:
-            raise ConfigError("sandbox: empty command")
-        workspace = workspace.resolve()
-        if not workspace.is_dir():
-            raise ConfigError(f"sandbox workspace {workspace} is not a directory; create it first.")
-        call = _Call(argv, timeout_s, memory_mb, output_cap_bytes, stdin, readonly_paths, workspace_cap_bytes)
-        staged = stage(workspace, workspace_cap_bytes, (SANDBOX_UID, SANDBOX_GID) if os.geteuid() == 0 else None)
-        try:
-            result = self._run_staged(call, staged)
-            if result.stopped is None:
-                result = replace(result, changes=staged.collect(workspace).summary())
-        finally:
-            staged.remove()
-        return result
-
-    def _run_staged(self, call: _Call, staged: Staged) -> SandboxResult:
-        workspace = staged.root
-        limits = {
-            "cpu_s": math.ceil(call.timeout_s) + 1,
-            "address_space_bytes": call.memory_mb << 20,
-            "file_size_bytes": min(FILE_SIZE_BYTES, call.workspace_cap_bytes),
-            "core_bytes": 0,
-            "open_files": OPEN_FILES,
-        }
-        limits["processes"] = process_limit(MAX_PROCESSES)
-        plan: dict[str, Any] = {"limits": limits, "cwd": str(workspace)}
-        if os.geteuid() == 0:
-            plan.update(uid=SANDBOX_UID, gid=SANDBOX_GID)
-        binds = [(p, True) for p in minimal_roots([*python_roots(), *map(real_path, call.readonly_paths)])]
-        binds.append((str(workspace), False))
-        init = [python_binary(), "-I", "-S", "-c", init_source()]
-        command = [*self._wrap(init, plan, binds, workspace), *call.argv]
-        stops = ProcessLimits(call.timeout_s, call.output_cap_bytes,
-                              watches=(staged.over_cap, TreeMemory(call.memory_mb << 20)))
-        return run_process(command, sandbox_env(workspace), stops, stdin=call.stdin)
-
-    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
-        raise NotImplementedError
-
-
-class BwrapSandbox(_SandboxBase):
-    """bubblewrap: the command sees a new, mostly empty root.
-
-    Protects: the host's files (only /usr, /lib*, the dynamic loader's /etc files, Python's directories and
-    the tool's import roots are visible, read-only; the workspace is the only writable host directory; /tmp is
-    a private 64 MiB tmpfs; no /root, /home, /run, secrets or sockets), the network (empty network
-    namespace: no interfaces but its own loopback), other processes (new PID and IPC namespaces), the
-    terminal (new session), privileges (uid 65534 when started as root, NO_NEW_PRIVS), resources (rlimits),
-    the kernel's riskier interfaces (seccomp: no ptrace, io_uring, bpf, perf, userfaultfd, keyrings, mounts,
-    new namespaces, kernel modules, TIOCSTI; socket() only for AF_UNIX).
-
-    Does NOT protect against: kernel exploits through the system calls that stay allowed (shared kernel),
-    reading world-readable files under /usr, using the CPU and memory within its limits, or covert timing
-    channels.
-    """
-
-    name = "bwrap"
-    protects = (
-        "host files: only /usr, Python and the workspace are visible; only the workspace is writable",
-        "network: empty network namespace",
-        "processes: own PID/IPC/UTS namespaces, killed as a whole on timeout",
-        "privileges: runs as uid 65534 when metagent runs as root; no_new_privs",
-        "resources: CPU time, address space, process count, file size limits",
-        "kernel surface: seccomp filter (no ptrace, io_uring, bpf, mounts, namespaces; only unix sockets)",
-    )
-    does_not_protect = ("kernel exploits through the system calls that stay allowed (shared kernel)",)
-
-    def __init__(self, executable: str | None = None) -> None:
-        self.executable = executable or shutil.which("bwrap") or "bwrap"
-
-    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
-        argv = [self.executable, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"]
-        argv += ["--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-        if os.geteuid() == 0:
-            # No user namespace: the init program needs these two to become uid 65534, then has none.
-            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        else:
-            argv += ["--unshare-user", "--disable-userns"]
-            plan["drop_bounding_caps"] = True  # only acts if the command would run as uid 0 inside
-            plan["limits"]["processes"] = MAX_PROCESSES  # counted in the new user namespace: ours alone
-        plan["seccomp"] = {"socket_families": [seccomp.AF_UNIX]}  # the network namespace is empty anyway
-        argv += ["--ro-bind", "/usr", "/usr"]
-        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-            if os.path.islink(top):
-                argv += ["--symlink", os.readlink(top), top]
-            elif os.path.isdir(top):
-                argv += ["--ro-bind", top, top]
-        argv += ["--perms", "0755", "--dir", "/etc"]
-        for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives"):
-            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        argv += ["--proc", "/proc", "--dev", "/dev"]
-        # bwrap's /dev is a tmpfs with no size limit, writable by the sandbox's own user: cap /dev/shm like
-        # /tmp, and make the rest of /dev read-only (device nodes still read and write as usual).
-        for scratch in ("/dev/shm", "/tmp"):
-            argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", scratch]
-        made = {"/", "/usr", "/etc", "/tmp", "/proc", "/dev"}
-        for src, read_only in binds:
-            if src == "/usr" or src.startswith("/usr/"):
-                continue
-            for parent in reversed(Path(src).parents):
-                if str(parent) not in made:
-                    argv += ["--perms", "0755", "--dir", str(parent)]
-                    made.add(str(parent))
-            argv += ["--ro-bind" if read_only else "--bind", src, src]
-        argv += ["--remount-ro", "/dev", "--chdir", str(workspace), "--", *init, encode_plan(plan), "--"]
-        return argv
-
-
-class UnshareSandbox(_SandboxBase):
+class UnshareSandbox(SandboxBase):
     """util-linux `unshare`: new mount, network, PID, IPC and UTS namespaces (plus a user namespace when
     not root), over the host's own root.
 
@@ -282,7 +108,7 @@ class UnshareSandbox(_SandboxBase):
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or shutil.which("unshare") or "unshare"
 
-    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[Bind], workspace: Path) -> list[str]:
         argv = [self.executable, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
         argv += ["--mount-proc", "--propagation", "private"]
         if os.geteuid() != 0:
@@ -294,7 +120,7 @@ class UnshareSandbox(_SandboxBase):
         return [*argv, "--", *init, encode_plan(plan), "--"]
 
 
-class LandlockSandbox(_SandboxBase):
+class LandlockSandbox(SandboxBase):
     """Landlock + seccomp, no namespaces: for hosts where user namespaces (so bwrap and unshare) are off.
 
     The init program stays outside as a supervisor (a child subreaper) and runs the command in a child that
@@ -333,7 +159,7 @@ class LandlockSandbox(_SandboxBase):
         "kernel exploits through the system calls that stay allowed (shared kernel)",
     )
 
-    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[Bind], workspace: Path) -> list[str]:
         read_only = [*(src for src, ro in binds if ro), *LANDLOCK_SYSTEM_PATHS]
         plan["landlock"] = {"read_only": read_only, "read_write": [src for src, ro in binds if not ro]}
         plan["supervise"] = True
@@ -341,7 +167,7 @@ class LandlockSandbox(_SandboxBase):
         return [*init, encode_plan(plan), "--"]
 
 
-class ProcessSandbox(_SandboxBase):
+class ProcessSandbox(SandboxBase):
     """NOT A SANDBOX. A separate process with rlimits, a scrubbed environment, its own process group, the
     seccomp filter (every socket family allowed) and, when metagent runs as root, uid 65534; nothing else.
     The first run in a process writes a warning on stderr that the code runs unsandboxed.
@@ -375,7 +201,7 @@ class ProcessSandbox(_SandboxBase):
         _warn_unsandboxed()
         return super().run(argv, **kwargs)
 
-    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[tuple[str, bool]], workspace: Path) -> list[str]:
+    def _wrap(self, init: list[str], plan: dict[str, Any], binds: list[Bind], workspace: Path) -> list[str]:
         plan["seccomp"] = {"socket_families": None, "required": False}  # best effort: it has the network anyway
         plan["supervise"] = True  # leftovers, setsid'ed daemons included, are killed when the call ends
         return [*init, encode_plan(plan), "--"]
@@ -448,6 +274,8 @@ def probe(mode: Tier) -> str | None:
         problem = landlock_problem()
     elif executable is None:
         problem = f"`{mode}` is not installed"
+    elif mode == "bwrap":
+        problem = helpers_problem()
     if problem is not None:
         return problem
     label = f"`{executable}`" if executable else "the landlock sandbox"

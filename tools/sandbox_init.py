@@ -1,4 +1,5 @@
-"""The first program inside every sandbox: resource limits, mounts (unshare mode), privilege drop, Landlock
+"""The first program inside the landlock, unshare and none sandboxes (bwrap does without it, see
+tools/sandbox_bwrap.py): resource limits, mounts (unshare mode), privilege drop, Landlock
 (landlock mode), seccomp, exec.
 
 It runs as `python -I -S -c <bootstrap> <plan> -- <argv>` (the plan: a dict, marshalled, in hex), so it
