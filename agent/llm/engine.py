@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
-from agent.errors import LLMError
+from agent.errors import ConfigError, LLMError
 from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
 from agent.llm.loading import Progress, load_model
@@ -86,7 +86,7 @@ class TransformersLLM:
     @max_batch.setter
     def max_batch(self, value: int) -> None:
         if value < 1:
-            raise LLMError(f"max_batch must be at least 1, got {value}")
+            raise ConfigError(f"max_batch must be at least 1, got {value}; set [model] max_batch to 1 or more")
         self._scheduler.max_batch = value
 
     @property

@@ -1,0 +1,300 @@
+"""TransformersLLM's throughput against plain `model.generate`, all measured in this run.
+
+    .venv/bin/python benchmarks/llm_engine.py [--threads N] [--new-tokens 64] [--sessions 1,8] [--adapters 8]
+                                              [--shape bundled|tiny|qwen2.5-1.5b|llama-3-8b]
+
+Every request decodes exactly --new-tokens (end tokens are masked by a forward hook, for generate and the
+engine alike), greedy, on 8 different chat prompts. Prints a table and writes it as JSON next to the printed
+copy under benchmarks/results/:
+
+  - batch 1: `model.generate` (the baseline), the engine alone, the engine under a grammar (tools offered,
+    tool_choice="auto", a plain answer), and the share of the memory-bandwidth roofline (weights read per
+    token over the bandwidth a big tensor sum reaches on this device);
+  - N sessions: N threads calling the engine at once (continuous batching) against the same N requests one
+    after another, and one padded batch-N `model.generate`;
+  - adapters: 8 concurrent sessions with LoRA adapters (rank 16 on q/k/v/o, random non-zero B): base rows
+    with PEFT loaded, all rows on one adapter, each row on its own adapter (PEFT's mixed-batch forward), with
+    the time per batched decode step.
+
+--shape bundled is the bundled SmolLM2-135M (weights cached under METAGENT_MODEL__CACHE_DIR); the others are
+random-initialised models of those shapes (for a GPU machine, where no weights can be fetched) with the
+bundled tokenizer. Not a test: numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "Write a short story about a dragon who keeps a lighthouse.",
+    "Explain how a refrigerator works to a ten-year-old.",
+    "List some good habits for writing clean Python code, and say why each matters.",
+    "What should I pack for a week of hiking in the mountains in autumn?",
+    "Describe the water cycle.",
+    "Give me three ideas for a birthday party for my grandmother, who loves gardening and old films.",
+    "Why is the sky blue?",
+    "Summarise the plot of a detective novel you invent, in a few sentences.",
+]
+SHAPES: dict[str, dict[str, Any]] = {  # random-initialised Llama-architecture configs of real models' shapes
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 49152},
+    "qwen2.5-1.5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936},
+    "llama-3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},
+}
+CALC = {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
+
+
+def main() -> dict[str, Any]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--sessions", default="1,8", help="concurrent session counts, e.g. 1,8,32")
+    parser.add_argument("--adapters", type=int, default=8, help="distinct adapters in the mixed batch (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3, help="every run once per round; the table shows medians")
+    parser.add_argument("--shape", default="bundled", choices=["bundled", *SHAPES])
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    llm = load(args.shape)
+    device = str(llm.model.device)
+    print(f"{args.shape} on {device} ({llm.model.dtype}), torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
+    with tempfile.TemporaryDirectory() as folder:
+        bench = Bench(llm, args.new_tokens)
+        runs = bench.runs([int(c) for c in args.sessions.split(",")], args.adapters, Path(folder))
+        samples: dict[str, list[Sample]] = {name: [] for name, _ in runs}
+        for round_index in range(args.rounds):
+            print(f"round {round_index + 1}/{args.rounds}", flush=True)
+            for name, run in runs:
+                samples[name].append(run())
+    rows = summarise(samples)
+    rows[1].update(roofline(llm.model, rows[1]["tok_s"]))
+    print_table(rows)
+    return {"shape": args.shape, "device": device, "new_tokens": args.new_tokens, "rounds": args.rounds,
+            "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows}
+
+
+def load(shape: str) -> Any:
+    from agent.config import Settings
+    from agent.llm.engine import TransformersLLM
+    from agent.llm.loading import load_model
+
+    loaded = load_model(Settings.load())
+    if shape == "bundled":
+        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(device=loaded.model.device, dtype=loaded.model.dtype).eval()
+    return TransformersLLM(model, loaded.tokenizer, name=shape)
+
+
+def mask_stop_tokens(llm: Any) -> None:
+    """Every request decodes exactly new_tokens: the end tokens' logits are -inf after every forward."""
+    stop = sorted(llm.stop_ids)
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        output.logits[..., stop] = float("-inf")
+
+    llm.model.register_forward_hook(hook)
+
+
+def request(index: int, new_tokens: int, adapter: str | None = None, tools: bool = False) -> Any:
+    from agent.types import LLMRequest, Message, ToolSpec
+
+    offered = (ToolSpec("calculator", "Evaluate arithmetic.", CALC),) if tools else ()
+    return LLMRequest("answer", (Message("user", PROMPTS[index % len(PROMPTS)]),), tools=offered,
+                      adapter=adapter, max_new_tokens=new_tokens)
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    tokens: int
+    steps: int = 0
+    step_s: float = 0.0
+
+
+Run = Callable[[], Sample]
+
+
+class Bench:
+    def __init__(self, llm: Any, new_tokens: int) -> None:
+        self.llm = llm
+        self.new_tokens = new_tokens
+
+    def runs(self, sessions: list[int], adapters: int, folder: Path) -> list[tuple[str, Run]]:
+        """Every measurement, by name; the first is the baseline, the second the engine at batch 1."""
+        n = self.new_tokens
+        runs: list[tuple[str, Run]] = [
+            ("generate, batch 1", lambda: self.generate([0])),
+            ("engine, 1 session", lambda: self.engine(self.llm, [request(0, n)])),
+            ("engine, 1 session, grammar (tools, auto)", lambda: self.engine(self.llm, [request(0, n, tools=True)])),
+        ]
+        for count in (c for c in sessions if c > 1):
+            requests = [request(i, n) for i in range(count)]
+            runs += [(f"engine, {count} sessions one after another", partial(self.sequential, requests)),
+                     (f"engine, {count} concurrent sessions", partial(self.engine, self.llm, requests)),
+                     (f"generate, one padded batch of {count}", partial(self.generate, list(range(count))))]
+        if adapters:
+            runs += self.adapter_runs(adapters, folder)
+        return runs
+
+    def adapter_runs(self, count: int, folder: Path) -> list[tuple[str, Run]]:
+        """A second engine on a copy of the model (so the runs above see a model without PEFT)."""
+        from agent.llm.engine import TransformersLLM
+
+        names = make_adapters(self.llm.model, folder, count)
+        tuned = TransformersLLM(copy.deepcopy(self.llm.model), self.llm.tokenizer, adapters={
+            name: folder / name for name in names})
+        self.engine(tuned, [request(i, 2, adapter=name) for i, name in enumerate(names)])  # load them all
+        runs: list[tuple[str, Run]] = []
+        for label, chosen in (("base rows, PEFT loaded", [None] * count), ("one adapter", [names[0]] * count),
+                              (f"{count} distinct adapters", names)):
+            requests = [request(i, self.new_tokens, adapter=a) for i, a in enumerate(chosen)]
+            runs.append((f"engine, {count} concurrent, {label}", partial(self.engine, tuned, requests)))
+        return runs
+
+    def engine(self, llm: Any, requests: Sequence[Any]) -> Sample:
+        """Every request started at once, each in its own thread: wall time and the tokens they got."""
+        before = (llm.scheduler.steps, llm.scheduler.step_s)
+        counts: list[int] = []
+        barrier = threading.Barrier(len(requests) + 1)
+
+        def call(r: Any) -> None:
+            barrier.wait()
+            counts.append(llm.complete(r).usage.completion_tokens)
+
+        threads = [threading.Thread(target=call, args=(r,)) for r in requests]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - started
+        return Sample(seconds, sum(counts), llm.scheduler.steps - before[0], llm.scheduler.step_s - before[1])
+
+    def sequential(self, requests: Sequence[Any]) -> Sample:
+        started = time.perf_counter()
+        tokens = sum(self.llm.complete(r).usage.completion_tokens for r in requests)
+        return Sample(time.perf_counter() - started, tokens)
+
+    def generate(self, indices: list[int]) -> Sample:
+        import torch
+
+        llm = self.llm
+        prompts = [llm.prompt_ids(request(i, self.new_tokens)) for i in indices]
+        width = max(map(len, prompts))
+        pad = sorted(llm.stop_ids)[0]
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=llm.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=llm.model.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = llm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.new_tokens,
+                                     do_sample=False, pad_token_id=pad)
+        return Sample(time.perf_counter() - started, len(indices) * (out.shape[1] - width))
+
+
+def summarise(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
+    """Per run: the median tok/s over the rounds (and the range), its ratio to the first run's median."""
+    rows = []
+    for name, runs in samples.items():
+        rates = sorted(s.tokens / s.seconds for s in runs)
+        steps = sum(s.steps for s in runs)
+        row: dict[str, Any] = {"name": name, "tok_s": round(statistics.median(rates), 2),
+                               "tok_s_range": [round(rates[0], 2), round(rates[-1], 2)],
+                               "tokens": runs[0].tokens}
+        if steps:
+            row["ms_per_step"] = round(sum(s.step_s for s in runs) / steps * 1000, 1)
+        rows.append(row)
+    for row in rows:
+        row["x_generate_b1"] = round(row["tok_s"] / rows[0]["tok_s"], 2)
+    return rows
+
+
+def make_adapters(model: Any, folder: Path, count: int) -> list[str]:
+    """`count` LoRA adapters for `model` (rank 16 on q/k/v/o, random non-zero B, so each changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    names = [f"bench-{i}" for i in range(count)]
+    peft_model = get_peft_model(copy.deepcopy(model), config, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator).to(param) * 0.01)
+    peft_model.save_pretrained(str(folder))  # each adapter in folder/<name>/
+    return names
+
+
+def roofline(model: Any, rate: float) -> dict[str, Any]:
+    """Weights read per token (the input embedding is a gather, unless the LM head shares it) over the
+    bandwidth a big tensor sum reaches here: the batch-1 decode rate memory allows."""
+    import torch
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not getattr(model.config, "tie_word_embeddings", False):
+        embedding = model.get_input_embeddings().weight
+        weights -= embedding.numel() * embedding.element_size()
+    probe = torch.ones(256 * 2**20 // 4, dtype=torch.float32, device=model.device)  # 256 MiB
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        probe.sum().item()
+        times.append(time.perf_counter() - started)
+    bandwidth = probe.numel() * 4 / min(times)
+    limit = bandwidth / weights
+    print(f"weights read per token {weights / 1e6:.0f} MB; read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"roofline {limit:.1f} tok/s; engine at batch 1: {rate / limit:.1%} of it")
+    return {"weights_mb": round(weights / 1e6), "bandwidth_gb_s": round(bandwidth / 1e9, 1),
+            "roofline_tok_s": round(limit, 1), "share_of_roofline": round(rate / limit, 3)}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n| {'run (median of the rounds)':48s} | tok/s | range | x generate b1 | ms/step |")
+    print(f"| {'-' * 48} | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        low, high = row["tok_s_range"]
+        print(f"| {row['name']:48s} | {row['tok_s']:.1f} | {low:.1f}-{high:.1f} | {row['x_generate_b1']:.2f} | "
+              f"{row.get('ms_per_step', '')} |")
+
+
+def _write_json(text_path: Path, report: dict[str, Any]) -> None:
+    json_path = text_path.with_suffix(".json")
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"numbers written to {json_path}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import recorded
+
+    with recorded("llm_engine") as text_path:
+        numbers = main()
+    _write_json(text_path, numbers)
