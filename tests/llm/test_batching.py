@@ -120,7 +120,7 @@ def texts(replies: Sequence[LLMReply | Exception]) -> list[str]:
 
 
 def test_concurrent_requests_get_what_they_get_alone(tiny_model: TinyFactory, tokenizer: Any) -> None:
-    llm = TransformersLLM(tiny_model(0), tokenizer)
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False)
     first = [ask("Hi."), ask("Tell me a long story about the sea, please.", 20), ask("2+2?", 6),
              ask("Name three colours and explain why you like them.", 16)]
     # Late arrivals with a prompt longer than the batch's cache (the batch is padded) and a shorter one.
@@ -148,7 +148,7 @@ def test_rows_with_different_adapters_share_a_batch(tiny_model: TinyFactory, tok
                                                     tmp_path: Path) -> None:
     paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
              "two": make_lora(tiny_model, tmp_path / "two", seed=2)}
-    llm = TransformersLLM(tiny_model(0), tokenizer, adapters=paths)
+    llm = TransformersLLM(tiny_model(0), tokenizer, adapters=paths, constrained=False)
     prompts = ["Say something.", "Tell me about the weather in Oslo today.", "Hi."]
     requests = [ask(p, 10, adapter=a) for p in prompts for a in (None, "one", "two")]
     llm.max_batch = len(requests)
@@ -188,34 +188,35 @@ def make_variant(tiny_model: TinyFactory, folder: Path, seed: int, **config: Any
     return folder
 
 
-@pytest.mark.parametrize("dense_max", [32, 0], ids=["dense", "gathered"])
 def test_mixed_adapter_logits_equal_peft_with_that_adapter_active(tiny_model: TinyFactory, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  dense_max: int) -> None:
-    """Logit-level: the batched LoRA products (plain adapters; dense and gathered) and PEFT's adapter_names path
-    (an embedding LoRA in the batch) against a separate copy of the model with the row's adapter made active the
-    ordinary PEFT way."""
-    from agent.llm import lorarouter
-
-    monkeypatch.setattr(lorarouter, "DENSE_MAX_ADAPTERS", dense_max)
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logit-level: the batched LoRA products (plain adapters: dense, gathered, one adapter for all rows) and
+    PEFT's adapter_names path (an embedding LoRA in the batch) against a separate copy of the model with the
+    row's adapter made active the ordinary PEFT way."""
     import torch
     from peft import PeftModel
 
+    from agent.llm import lorarouter
     from agent.llm.batching import KVBatch
     from agent.llm.lora import LoraSet
 
     paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
              "two": make_lora(tiny_model, tmp_path / "two", seed=2),
-             # LoRA on the embedding: not served by the gathered product, so PEFT's adapter_names path runs
+             # LoRA on the embedding: not served by the batched products, so PEFT's adapter_names path runs
              "embed": make_variant(tiny_model, tmp_path / "embed", 3, target_modules=["embed_tokens", "v_proj"]),
              "dora": make_variant(tiny_model, tmp_path / "dora", 4, target_modules=["v_proj"], use_dora=True)}
     model = tiny_model(0)
     lora = LoraSet(model, paths)
     with pytest.raises(LLMError, match="adapter 'dora' uses DoRA"):  # PEFT cannot batch DoRA by adapter_names
         lora.resolve("dora")
+    references = {name: PeftModel.from_pretrained(tiny_model(0), str(paths[name])).eval()
+                  for name in ("one", "two", "embed")}
+    references["__base__"] = tiny_model(0)
     prompts = [[1, 5, 9, 14], list(range(100, 109)), [7, 8], list(range(300, 306))]
     fed = [[11, 12, 13], [21, 22, 23], [31, 32, 33], [41, 42, 43]]
-    for adapters in (["__base__", "one", "two", "one"], ["two", "__base__", "embed", "one"], ["two"] * 4):
+    for dense_max, adapters in ((32, ["__base__", "one", "two", "one"]), (0, ["__base__", "one", "two", "one"]),
+                                (32, ["two"] * 4), (32, ["two", "__base__", "embed", "one"])):
+        monkeypatch.setattr(lorarouter, "DENSE_MAX_ADAPTERS", dense_max)
         names = [lora.resolve(None if a == "__base__" else a) for a in adapters]
         batch, _ = KVBatch.prefill(model, prompts[0], lora.route, names[0])
         for prompt, name in zip(prompts[1:], names[1:], strict=True):
@@ -223,19 +224,17 @@ def test_mixed_adapter_logits_equal_peft_with_that_adapter_active(tiny_model: Ti
         for step in range(3):
             logits = batch.step([f[step] for f in fed], lora.route, names)
         for row, adapter in enumerate(adapters):
-            reference = tiny_model(0)
-            if adapter != "__base__":
-                reference = PeftModel.from_pretrained(reference, str(paths[adapter])).eval()
             with torch.inference_mode():
-                want = reference(input_ids=torch.tensor([prompts[row] + fed[row]])).logits[0, -1]
-            assert torch.allclose(logits[row], want, atol=1e-4), f"{adapter}: {(logits[row] - want).abs().max()}"
+                want = references[adapter](input_ids=torch.tensor([prompts[row] + fed[row]])).logits[0, -1]
+            gap = (logits[row] - want).abs().max()
+            assert torch.allclose(logits[row], want, atol=1e-4), f"{adapters} (dense_max {dense_max}), row {row}: {gap}"
 
 
 def test_a_bad_request_fails_alone(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    llm = TransformersLLM(tiny_model(0, max_positions=256), tokenizer, adapters={"broken": broken})
+    llm = TransformersLLM(tiny_model(0, max_positions=256), tokenizer, adapters={"broken": broken}, constrained=False)
     good = [ask("Hi.", 10), ask("Tell me a story.", 12)]
     alone = [llm.complete(r) for r in good]
     gate = Gate(llm, [0, 4])  # the first prefill, then the batch's second step
@@ -338,10 +337,8 @@ def test_max_batch_caps_the_batch_and_queues_the_rest(tiny_model: TinyFactory, t
     assert llm.scheduler.max_rows_seen == 2
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFactory, tokenizer: Any,
-                                                             seed: int) -> None:
-    llm = TransformersLLM(tiny_model(seed), tokenizer)
+def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(tiny_model(3), tokenizer)
     tool_sets = [(LOOKUP,), (WEATHER, SEARCH), (LOOKUP, WEATHER, SEARCH), (SEARCH,)]
     calls = [ask("Call something.", 1000, tools=tools, tool_choice="required", temperature=t)
              for tools, t in zip(tool_sets, (0.0, 0.0, 1.0, 1.0), strict=True)]
