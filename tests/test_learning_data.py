@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -12,6 +13,7 @@ from xgrammar import testing as xgrammar_testing
 
 from agent.llm.grammar import grammar_format
 from agent.llm.toolformat import format_call, parse_reply
+from agent.training_data import load_chat_examples
 from agent.types import Constraint, LLMReply, ToolCall
 from benchmarks.data import invoices, toolcalls
 from benchmarks.data.catalogue import HELD_OUT_DOMAINS, TRAIN_DOMAINS
@@ -79,6 +81,17 @@ def test_rows_are_chat_format_with_the_tools_the_request_offers() -> None:
     json.dumps(row)  # JSON-serialisable as a training file line
     request = TRAIN[0].request_for("tools", 64)
     assert request.tools == TRAIN[0].tools and request.tool_choice == "auto" and request.adapter == "tools"
+
+
+def test_rows_read_back_through_the_trainers_loader(tmp_path: Path) -> None:
+    examples = TRAIN[:8]
+    records = invoices.generate("train", 4, seed=0)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [e.row() for e in examples] + [r.row() for r in records]))
+    loaded = load_chat_examples(path)
+    assert [c.tools for c in loaded[:8]] == [e.tools for e in examples]
+    assert [c.prompt for c in loaded[:8]] == [e.messages for e in examples]
+    assert [c.target for c in loaded] == [e.reply for e in examples] + [r.reply for r in records]
 
 
 def test_requests_mention_the_values_the_calls_pass() -> None:
