@@ -58,6 +58,7 @@ class Hyperparameters:
     holdout: float = 0.2
     seed: int = 0
     beta: float = 0.1  # DPO only: how far from the reference model the preferences may pull
+    nll_weight: float = 1.0  # DPO only: weight of the chosen reply's own loss (training_dpo.py)
     # The forgetting guard warns above this rise in general-set loss. A task adapter always raises it a little
     # (it answers its own kind's way); the first reminders adapter measured raised it 69% (README).
     general_threshold_pct: float = 25.0
@@ -66,9 +67,9 @@ class Hyperparameters:
         for name in ("epochs", "rank", "alpha", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (0 < self.lr < 1) or self.beta <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError(f"need 0 < lr < 1, beta > 0 and 0 <= dropout < 1; got lr={self.lr}, "
-                              f"beta={self.beta}, dropout={self.dropout}")
+        if not (0 < self.lr < 1) or self.beta <= 0 or not 0 <= self.dropout < 1 or self.nll_weight < 0:
+            raise ConfigError(f"need 0 < lr < 1, beta > 0, 0 <= dropout < 1 and nll_weight >= 0; got lr={self.lr}, "
+                              f"beta={self.beta}, dropout={self.dropout}, nll_weight={self.nll_weight}")
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ def _meta(request: TrainRequest, job: Job, metrics: tuple[HeldOutMetrics | None,
     hyper = asdict(request.hyper)
     if request.method == "sft":
         hyper.pop("beta")
+        hyper.pop("nll_weight")
     return AdapterMeta(
         name=request.name, method=request.method, kinds=request.kinds, base=request.base.identity,
         data_file=str(request.data.resolve()), data_sha256=sha256_file(request.data),

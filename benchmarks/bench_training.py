@@ -7,7 +7,7 @@ A toy house task the project invents: reminders rewritten into a fixed one-line 
 time: 15:00"). The base model never answers in that format. The data is generated (seeded), written to a
 JSONL file, and trained on through `train_adapter` exactly as `metagent adapters train` does; the held-out
 share (20%) is never trained on. With --dpo it then trains on preference pairs of the same task (chosen:
-the right 24-hour time; rejected: the 12-hour mistake) starting from the SFT adapter, and reports held-out
+the right 24-hour time; rejected: am and pm mixed up) starting from the SFT adapter, and reports held-out
 preference accuracy before (the SFT adapter) and after.
 
 Prints, all measured in this run: held-out loss, exact match and the share of fields (task, day, time) right,
@@ -50,8 +50,7 @@ def reminder(rng: random.Random) -> tuple[str, str, str]:
     h24 = hour % 12 + (12 if pm else 0)
     request = rng.choice(FORMS).format(task=task, day=day, time=spoken)
     reply = f"REMINDER | task: {task} | day: {day} | time: {h24:02d}:{minute:02d}"
-    wrong = f"REMINDER | task: {task} | day: {day} | time: {hour:02d}:{minute:02d}" if pm else \
-        f"REMINDER | task: {task} | day: {day} | time: {(hour + 12) % 24:02d}:{minute:02d}"
+    wrong = f"REMINDER | task: {task} | day: {day} | time: {(h24 + 12) % 24:02d}:{minute:02d}"  # am/pm mixed up
     return request, reply, wrong
 
 
@@ -74,6 +73,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--dpo", action="store_true", help="also train a DPO adapter on pairs of the same task")
+    parser.add_argument("--dpo-lr", type=float, default=2e-3)
+    parser.add_argument("--nll-weight", type=float, default=1.0, help="DPO: weight of the chosen reply's loss")
     args = parser.parse_args()
     import torch
 
@@ -97,8 +98,8 @@ def main() -> None:
         print_report("sft", report, time.perf_counter() - started)
         if args.dpo:  # SFT then DPO: the preferences start from the SFT adapter, which is also the reference
             dpo = TrainRequest("reminders-dpo", pairs, base, settings.adapters_dir, method="dpo",
-                               hyper=Hyperparameters(epochs=args.epochs, lr=2e-4),
-                               from_adapter=("reminders", report.path))
+                               hyper=Hyperparameters(epochs=args.epochs, lr=args.dpo_lr, nll_weight=args.nll_weight),
+                               from_adapter=("reminders", report.path), scorer=fields_right)
             started = time.perf_counter()
             print_report("dpo from the sft adapter", train_adapter(dpo, progress=_plain), time.perf_counter() - started)
 

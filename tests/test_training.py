@@ -34,6 +34,17 @@ THINGS = ["sky", "car", "house", "tree", "river", "shirt", "door", "cup", "lamp"
 FAST = Hyperparameters(epochs=6, lr=3e-2, batch_size=8, seed=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two threads cost 3x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer(model_cache_dir: Path) -> Any:
     from transformers import AutoTokenizer
@@ -306,8 +317,11 @@ def test_dpo_raises_the_held_out_preference_accuracy(trained: Trained, smol_toke
     assert before.preference_accuracy is not None and before.preference_accuracy < 0.5  # the base prefers one reply
     assert after.preference_accuracy == 1.0
     assert (after.reward_margin or 0) > (before.reward_margin or 0) + 1
+    assert after.loss is not None and before.loss is not None and after.loss < before.loss  # chosen stays likely
+    assert after.exact_match is not None and after.exact_match >= 0.8  # the greedy reply is the chosen one
     assert report.meta.method == "dpo" and report.meta.hyperparameters["beta"] == 0.5
-    started = train_adapter(replace(request, name="prefer2", from_adapter=("blue", adapters / "blue")))
+    started = train_adapter(replace(request, name="prefer2", from_adapter=("blue", adapters / "blue"),
+                                    hyper=replace(request.hyper, epochs=1)))
     assert started.meta.from_adapter == "blue"
     assert started.before is not None and started.before.reward_margin != before.reward_margin  # starts from blue
 
