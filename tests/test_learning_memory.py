@@ -116,3 +116,26 @@ def test_repl_good_and_bad_rate_the_last_run(make_agent: Callable[..., Agent]) -
         ("It is 3 * 0.3048.", "good", "exactly right"), ("It is 3 * 0.5.", "bad", "wrong factor")]
     assert buffer.getvalue().count("thanks, noted") == 2
     llm.assert_complete()
+
+
+def test_the_intent_set_and_the_fallback_the_benchmark_counts(embedder: Any) -> None:
+    """benchmarks/data/intents.jsonl holds what benchmarks/learning_memory.py promises, and the benchmark's
+    "sent to the fallback" is the classifier's own below-threshold/margin path (Classification.method)."""
+    from benchmarks.learning_memory import UNKNOWN, load_split, score_classifier, taught_classifier
+
+    split = load_split()
+    kinds = [k for k in split.test if k != UNKNOWN]
+    assert len(kinds) >= 12 and len(split.dev[UNKNOWN]) + len(split.test[UNKNOWN]) >= 40
+    for kind in kinds:
+        parts = [set(split.pool[kind]), set(split.dev[kind]), set(split.test[kind])]
+        assert sum(map(len, parts)) >= 25 and len(set.union(*parts)) == sum(map(len, parts))  # disjoint
+    taught = {kind: split.pool[kind][:5] for kind in kinds}
+    small = {kind: texts[:2] for kind, texts in split.test.items()}
+    classifier = taught_classifier(embedder, taught, threshold=1.01, margin=0.0)
+    everything = score_classifier(classifier, small)
+    assert everything.fallback_in_kind == 1.0 and everything.fallback_unknown == 1.0
+    assert everything.kept_correct == 0.0
+    classifier.threshold = -1.0
+    nothing = score_classifier(classifier, small)
+    assert nothing.fallback_in_kind == 0.0 and nothing.fallback_unknown == 0.0
+    assert nothing.kept_correct == nothing.accuracy == everything.accuracy > 0.5
