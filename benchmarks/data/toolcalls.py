@@ -1,6 +1,6 @@
 """Function-calling examples the project generates itself, split by function.
 
-    examples = generate("train", 240, seed=0)     # functions of catalogue.TRAIN_DOMAINS only
+    examples = generate("train", 192, seed=0)     # functions of catalogue.TRAIN_DOMAINS only
     held_out = generate("test", 48, seed=0)       # functions of catalogue.HELD_OUT_DOMAINS only
 
 Each example is a request to the agent with 1 to 3 tools offered, of one of four kinds (in a fixed rotation,
@@ -22,13 +22,16 @@ from typing import Any, Literal
 from agent.config import AgentSettings
 from agent.llm.toolformat import format_call
 from agent.types import LLMRequest, Message, ToolSpec
+from benchmarks.data.aliases import Aliases
 from benchmarks.data.catalogue import HELD_OUT_DOMAINS, TRAIN_DOMAINS
 from benchmarks.data.params import Function
 
 Split = Literal["train", "test"]
 Kind = Literal["single", "parallel", "chat", "unsupported"]
-# The mix: of every 8 examples, 4 single calls, 2 parallel, 1 chat, 1 unsupported.
-ROTATION: tuple[Kind, ...] = ("single", "parallel", "single", "chat", "single", "parallel", "single", "unsupported")
+# The mix: of every 8 examples, 3 single calls, 2 parallel, 1 chat, 2 unsupported (telling that no offered tool
+# fits is the hardest part for a small model, so it gets as many examples as the parallel calls).
+ROTATION: tuple[Kind, ...] = ("single", "parallel", "unsupported", "single", "chat", "single", "parallel",
+                              "unsupported")
 MAX_TOOLS = 3
 SYSTEM = AgentSettings().system_prompt
 
@@ -105,14 +108,15 @@ def generate(split: Split, count: int, seed: int) -> list[ToolExample]:
     made = []
     for i in range(count):
         kind = ROTATION[i % len(ROTATION)]
+        alias = Aliases(rng, enabled=split == "train")
         if kind == "single":
-            made.append(_single(rng, pool))
+            made.append(_single(rng, pool, alias))
         elif kind == "parallel":
-            made.append(_parallel(rng, pool))
+            made.append(_parallel(rng, pool, alias))
         elif kind == "chat":
-            made.append(_chat(rng, pool, chat))
+            made.append(_chat(rng, pool, chat, alias))
         else:
-            made.append(_unsupported(rng, pool))
+            made.append(_unsupported(rng, pool, alias))
     return made
 
 
@@ -133,42 +137,43 @@ def target(calls: tuple[tuple[str, dict[str, Any]], ...]) -> str:
     return "\n".join(format_call(name, arguments) for name, arguments in calls)
 
 
-def _single(rng: random.Random, pool: list[Function]) -> ToolExample:
+def _single(rng: random.Random, pool: list[Function], alias: Aliases) -> ToolExample:
     function = rng.choice(pool)
-    clause, arguments = say(function, rng)
-    calls = ((function.name, arguments),)
-    return ToolExample("single", _sentence(clause, rng), _offer(rng, pool, [function]), calls, target(calls))
+    clause, arguments = say(alias(function), rng)
+    calls = ((alias(function).name, arguments),)
+    return ToolExample("single", _sentence(clause, rng), _offer(rng, pool, [function], alias), calls, target(calls))
 
 
-def _parallel(rng: random.Random, pool: list[Function]) -> ToolExample:
+def _parallel(rng: random.Random, pool: list[Function], alias: Aliases) -> ToolExample:
     first = rng.choice(pool)
     second = first if rng.random() < 0.5 else rng.choice([f for f in pool if f is not first])
-    one, args_one = say(first, rng)
-    two, args_two = say(second, rng)
+    one, args_one = say(alias(first), rng)
+    two, args_two = say(alias(second), rng)
     while first is second and _key(args_two) == _key(args_one):
-        two, args_two = say(second, rng)
-    calls = ((first.name, args_one), (second.name, args_two))
+        two, args_two = say(alias(second), rng)
+    calls = ((alias(first).name, args_one), (alias(second).name, args_two))
     if one[-1] in "?." or two[-1] in "?." or rng.random() < 0.3:
         request = f"{_sentence(one, rng)} {_sentence(two, rng, polite=False)}"
     else:
         request = _sentence(one + rng.choice(JOINS) + two, rng)
-    return ToolExample("parallel", request, _offer(rng, pool, [first, second]), calls, target(calls))
+    return ToolExample("parallel", request, _offer(rng, pool, [first, second], alias), calls, target(calls))
 
 
-def _chat(rng: random.Random, pool: list[Function], chat: tuple[tuple[str, str], ...]) -> ToolExample:
+def _chat(rng: random.Random, pool: list[Function], chat: tuple[tuple[str, str], ...], alias: Aliases) -> ToolExample:
     request, answer = rng.choice(chat)
-    return ToolExample("chat", request, _offer(rng, pool, []), (), answer)
+    return ToolExample("chat", request, _offer(rng, pool, [], alias), (), answer)
 
 
-def _unsupported(rng: random.Random, pool: list[Function]) -> ToolExample:
+def _unsupported(rng: random.Random, pool: list[Function], alias: Aliases) -> ToolExample:
     asked = rng.choice(pool)
     clause, _ = say(asked, rng)
     others = [f for f in pool if f.domain != asked.domain]
-    return ToolExample("unsupported", _sentence(clause, rng), _offer(rng, others, []), (), rng.choice(CANNOT))
+    return ToolExample("unsupported", _sentence(clause, rng), _offer(rng, others, [], alias), (), rng.choice(CANNOT))
 
 
-def _offer(rng: random.Random, pool: list[Function], needed: list[Function]) -> tuple[ToolSpec, ...]:
-    """The needed functions plus distractors (same domain first), at most MAX_TOOLS, shuffled."""
+def _offer(rng: random.Random, pool: list[Function], needed: list[Function], alias: Aliases) -> tuple[ToolSpec, ...]:
+    """The needed functions plus distractors (same domain first), at most MAX_TOOLS, shuffled, as `alias` names
+    them."""
     chosen = list(dict.fromkeys(needed))
     room = rng.randint(max(1, len(chosen)), MAX_TOOLS) - len(chosen)
     domains = {f.domain for f in chosen}
@@ -178,7 +183,7 @@ def _offer(rng: random.Random, pool: list[Function], needed: list[Function]) -> 
     rng.shuffle(far)
     chosen += (near + far)[:room]
     rng.shuffle(chosen)
-    return tuple(f.spec() for f in chosen)
+    return tuple(alias(f).spec() for f in chosen)
 
 
 def _sentence(clause: str, rng: random.Random, polite: bool = True) -> str:
