@@ -36,7 +36,7 @@ from benchmarks.data.scoring import CallTally, judge_calls, judge_record
 from benchmarks.learning_table import Options, Row, SectionResult
 
 REPLY_SLACK_TOKENS = 24
-WORKERS = 4  # requests in flight at once: an engine that batches decodes them together
+WORKERS = 8  # requests in flight at once: an engine that batches decodes them together
 TOOL_METRICS = ("accuracy", "calls_exact", "calls_names", "no_call_right")
 RECORD_METRICS = ("record", "vendor", "date", "amount", "currency")
 SETTINGS = ("free", "constrained")
@@ -50,15 +50,21 @@ class Sizes:
     tools_test: int
     invoices_train: int
     invoices_test: int
-    epochs: int
+    tools_epochs: int
+    invoices_epochs: int
 
 
-FULL = Sizes(tools_train=192, tools_test=48, invoices_train=96, invoices_test=40, epochs=2)
-QUICK = Sizes(tools_train=8, tools_test=8, invoices_train=6, invoices_test=4, epochs=1)
+FULL = Sizes(tools_train=192, tools_test=40, invoices_train=96, invoices_test=32, tools_epochs=2, invoices_epochs=1)
+QUICK = Sizes(tools_train=8, tools_test=8, invoices_train=6, invoices_test=4, tools_epochs=1, invoices_epochs=1)
 
 
-def hyperparameters(sizes: Sizes, seed: int) -> Hyperparameters:
-    return Hyperparameters(epochs=sizes.epochs, lr=1e-3, rank=8, alpha=16, batch_size=2, holdout=0.0, seed=seed)
+LEARNING_RATES = {"tools": 1e-3, "invoices": 2e-3}
+
+
+def hyperparameters(task: str, sizes: Sizes, seed: int) -> Hyperparameters:
+    epochs = sizes.tools_epochs if task == "tools" else sizes.invoices_epochs
+    return Hyperparameters(epochs=epochs, lr=LEARNING_RATES[task], rank=8, alpha=16, batch_size=2, holdout=0.0,
+                           seed=seed)
 
 
 def run(options: Options) -> SectionResult:
@@ -78,8 +84,8 @@ def run(options: Options) -> SectionResult:
                                      [e.row() for e in invoice_train])}
     _write_rows(data / f"tools-test-s{options.seed}-n{sizes.tools_test}.jsonl", [e.row() for e in tools_test])
     _write_rows(data / f"invoices-test-s{options.seed}-n{sizes.invoices_test}.jsonl", [e.row() for e in invoice_test])
-    hyper = hyperparameters(sizes, options.seed)
-    trained = {name: _train(base, name, path, hyper, options) for name, path in files.items()}
+    hyper = {name: hyperparameters(name, sizes, options.seed) for name in files}
+    trained = {name: _train(base, name, path, hyper[name], options) for name, path in files.items()}
     engines = {"constrained": base.llm,
                "free": TransformersLLM.from_settings(_settings(options, constrained=False))}
     for engine in engines.values():
@@ -87,7 +93,7 @@ def run(options: Options) -> SectionResult:
             engine.add_adapter(name, Path(info["path"]))
     tool_rows, tool_details = evaluate_tools(engines, tools_test)
     record_rows, record_details = evaluate_invoices(engines, invoice_test)
-    details = {"sizes": asdict(sizes), "hyperparameters": asdict(hyper), "adapters": trained,
+    details = {"sizes": asdict(sizes), "hyperparameters": {k: asdict(h) for k, h in hyper.items()}, "adapters": trained,
                "tools": tool_details, "invoices": record_details, "wall_s": round(time.perf_counter() - started, 1)}
     return SectionResult(tool_rows + record_rows, details)
 
@@ -106,7 +112,10 @@ def evaluate_tools(engines: dict[str, TransformersLLM],
             verdicts = [(e.kind, judge_calls(e.calls, r)) for e, r in zip(examples, replies, strict=True)]
             metrics[(model, setting)] = CallTally(verdicts).metrics()
             details[f"{model}/{setting}"] = {**metrics[(model, setting)], "wall_s": wall_s,
-                                             "samples": _samples(examples, replies)}
+                                             "replies": [{"kind": e.kind, "request": e.request, "expected": e.reply,
+                                                          "reply": r.text, "right": v.right}
+                                                         for e, r, (_, v) in zip(examples, replies, verdicts,
+                                                                                 strict=True)]}
     counts = {"accuracy": len(examples), "calls_exact": sum(1 for e in examples if e.calls),
               "calls_names": sum(1 for e in examples if e.calls),
               "no_call_right": sum(1 for e in examples if not e.calls)}
@@ -130,8 +139,9 @@ def evaluate_invoices(engines: dict[str, TransformersLLM],
             judged = [judge_record(e.record, r.text) for e, r in zip(examples, replies, strict=True)]
             shares[(model, setting)] = {m: sum(j[m] for j in judged) / len(judged) for m in RECORD_METRICS}
             details[f"{model}/{setting}"] = {**shares[(model, setting)], "wall_s": wall_s,
-                                             "samples": [{"text": e.text, "reply": r.text}
-                                                         for e, r in list(zip(examples, replies, strict=True))[:3]]}
+                                             "replies": [{"text": e.text, "expected": e.reply, "reply": r.text,
+                                                          "right": j["record"]}
+                                                         for e, r, j in zip(examples, replies, judged, strict=True)]}
     rows = [Row("invoice records, held-out vendors", "adapter invoices", setting, metric,
                 shares[("invoices", setting)][metric], len(examples), shares[("base", setting)][metric])
             for setting in SETTINGS for metric in RECORD_METRICS]
@@ -190,14 +200,6 @@ def _complete_all(llm: TransformersLLM, requests: list[LLMRequest], label: str) 
 
 def _budget(llm: TransformersLLM, reference: str) -> int:
     return len(llm.tokenizer(reference, add_special_tokens=False)["input_ids"]) + REPLY_SLACK_TOKENS
-
-
-def _samples(examples: Sequence[toolcalls.ToolExample], replies: Sequence[LLMReply]) -> list[dict[str, str]]:
-    """The first reply of each kind, as the model wrote it (for the JSON report)."""
-    seen: dict[str, dict[str, str]] = {}
-    for example, reply in zip(examples, replies, strict=True):
-        seen.setdefault(example.kind, {"kind": example.kind, "request": example.request, "reply": reply.text})
-    return list(seen.values())
 
 
 def _settings(options: Options, constrained: bool) -> Settings:
