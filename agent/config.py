@@ -59,6 +59,10 @@ class ModelSettings(_Section):
     )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     max_batch: int = Field(8, ge=1, le=256, description="requests decoded together in one batch; more wait their turn")
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="KV cache of recent prompts kept for reuse (shared system prompt, tool schemas, "
+        "earlier steps); 0 = off"
+    )
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
     backend: Literal["transformers", "openai"] = Field(

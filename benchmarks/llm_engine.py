@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/llm_engine.py [--threads N] [--new-tokens 64] [--sessions 1,8] [--adapters 8]
                                               [--shape bundled|tiny|qwen2.5-1.5b|llama-3-8b]
+                                              [--parts throughput,first-token]
 
 Every request decodes exactly --new-tokens (end tokens are masked by a forward hook, for generate and the
 engine alike), greedy, on 8 different chat prompts. Prints a table and writes it as JSON next to the printed
@@ -14,7 +15,14 @@ copy under benchmarks/results/:
     after another, and one padded batch-N `model.generate`;
   - adapters: 8 concurrent sessions with LoRA adapters (rank 16 on q/k/v/o, random non-zero B): base rows
     with PEFT loaded, all rows on one adapter, each row on its own adapter (PEFT's mixed-batch forward), with
-    the time per batched decode step.
+    the time per batched decode step;
+  - time to first token (a second table) on an agent's prompts (the default system prompt, 6 tool schemas,
+    a request; then the run's second step, which adds the reply and a tool result): `model.generate` with
+    max_new_tokens=1 on the second step's prompt, the engine with an empty prefix cache (cold), the engine
+    on the second step right after the first (its prompt's prefix cached), and a new session's first step
+    after another session's (the system prompt and tool schemas cached).
+
+The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
 
 --shape bundled is the bundled SmolLM2-135M (weights cached under METAGENT_MODEL__CACHE_DIR); the others are
 random-initialised models of those shapes (for a GPU machine, where no weights can be fetched) with the
@@ -70,7 +78,12 @@ def main() -> dict[str, Any]:
     parser.add_argument("--adapters", type=int, default=8, help="distinct adapters in the mixed batch (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="every run once per round; the table shows medians")
     parser.add_argument("--shape", default="bundled", choices=["bundled", *SHAPES])
+    parser.add_argument("--parts", default="throughput,first-token",
+                        help="which tables: throughput, first-token (comma-separated)")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"throughput", "first-token"}:
+        parser.error(f"--parts takes throughput and/or first-token, got {args.parts!r}")
     import torch
 
     if args.threads:
@@ -79,6 +92,16 @@ def main() -> dict[str, Any]:
     device = str(llm.model.device)
     print(f"{args.shape} on {device} ({llm.model.dtype}), torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
+    rows: list[dict[str, Any]] = []
+    if "throughput" in parts:
+        rows = throughput(llm, args)
+    first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
+    return {"shape": args.shape, "device": device, "new_tokens": args.new_tokens, "rounds": args.rounds,
+            "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
+            "time_to_first_token": first_token}
+
+
+def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(llm, args.new_tokens)
         runs = bench.runs([int(c) for c in args.sessions.split(",")], args.adapters, Path(folder))
@@ -90,8 +113,7 @@ def main() -> dict[str, Any]:
     rows = summarise(samples)
     rows[1].update(roofline(llm.model, rows[1]["tok_s"]))
     print_table(rows)
-    return {"shape": args.shape, "device": device, "new_tokens": args.new_tokens, "rounds": args.rounds,
-            "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows}
+    return rows
 
 
 def load(shape: str) -> Any:
@@ -101,13 +123,13 @@ def load(shape: str) -> Any:
 
     loaded = load_model(Settings.load())
     if shape == "bundled":
-        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name)
+        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name, prefix_cache_mb=0)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                          pad_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).to(device=loaded.model.device, dtype=loaded.model.dtype).eval()
-    return TransformersLLM(model, loaded.tokenizer, name=shape)
+    return TransformersLLM(model, loaded.tokenizer, name=shape, prefix_cache_mb=0)
 
 
 def mask_stop_tokens(llm: Any) -> None:
@@ -232,6 +254,90 @@ def summarise(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     for row in rows:
         row["x_generate_b1"] = round(row["tok_s"] / rows[0]["tok_s"], 2)
     return rows
+
+
+AGENT_TOOLS = {  # name: (description, the one string parameter)
+    "calculator": ("Evaluate an arithmetic expression exactly and return the number.", "expression"),
+    "search_docs": ("Search the user's indexed documents and return the most relevant passages.", "query"),
+    "read_file": ("Read a text file from the workspace and return its contents (at most 64 KiB).", "path"),
+    "python": ("Run Python code in the sandbox and return what it prints; no network access.", "code"),
+    "weather": ("Get the current weather and a three-day forecast for a city.", "city"),
+    "send_email": ("Send an email from the user's account; asks the user for approval first.", "to"),
+}
+
+
+def agent_request(user: str, step: int) -> Any:
+    """An agent's act prompt: system prompt, tool schemas, the request; step 2 adds a call and its result."""
+    from agent.config import AgentSettings
+    from agent.types import LLMRequest, Message, ToolSpec
+
+    tools = tuple(ToolSpec(name, description, {"type": "object", "properties": {key: {
+        "type": "string", "description": f"the {key} to use"}}, "required": [key]})
+        for name, (description, key) in AGENT_TOOLS.items())
+    messages = [Message("system", AgentSettings().system_prompt), Message("user", user)]
+    if step == 2:
+        messages += [Message("assistant", '<tool_call>\n{"name": "calculator", "arguments": {"expression": '
+                             '"1250 * 0.0825"}}\n</tool_call>'), Message("tool", "103.125")]
+    return LLMRequest("act", tuple(messages), tools=tools, max_new_tokens=1)
+
+
+def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
+    """Milliseconds to the first token of an agent's prompts, cold and with a cached prefix (see the module doc)."""
+    import torch
+
+    from agent.llm.engine import TransformersLLM
+
+    llm = TransformersLLM(base.model, base.tokenizer, name=base.name)  # the default prefix cache
+    prefix = llm.prefix_cache
+    assert prefix is not None
+    first = agent_request("What is the sales tax on 1250 dollars at 8.25%?", 1)
+    second = agent_request("What is the sales tax on 1250 dollars at 8.25%?", 2)
+    other = agent_request("Summarise the meeting notes in notes/monday.md for me.", 1)
+    ids = torch.tensor([llm.prompt_ids(second)], device=llm.model.device)
+
+    def generate() -> None:
+        with torch.inference_mode():
+            llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                               do_sample=False, pad_token_id=sorted(llm.stop_ids)[0])
+
+    def timed(request: Any, before: Any = None) -> float:
+        prefix.clear()
+        if before is not None:
+            llm.complete(before)
+        started = time.perf_counter()
+        llm.complete(request)
+        return (time.perf_counter() - started) * 1000
+
+    llm.complete(first)  # compiles the tool set's grammar once, as a running agent already has
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("generate, max_new_tokens=1", lambda: _ms(generate)),
+        ("engine, cold (empty prefix cache)", lambda: timed(second)),
+        ("engine, next step of the run (prefix cached)", lambda: timed(second, before=first)),
+        ("engine, new session (system + tools cached)", lambda: timed(other, before=first)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for _ in range(max(rounds, 3)):
+        for name, case in cases:
+            times[name].append(case())
+    tokens = {"generate, max_new_tokens=1": len(ids[0]), "engine, cold (empty prefix cache)": len(ids[0]),
+              "engine, next step of the run (prefix cached)": len(ids[0]),
+              "engine, new session (system + tools cached)": len(llm.prompt_ids(other))}
+    cold = statistics.median(times["engine, cold (empty prefix cache)"])
+    rows: list[dict[str, Any]] = []
+    print(f"\n| {'time to first token (median of the rounds)':48s} | prompt tokens | ms | range | of engine cold |")
+    print(f"| {'-' * 48} | ---: | ---: | ---: | ---: |")
+    for name, ms in times.items():
+        median = statistics.median(ms)
+        rows.append({"name": name, "prompt_tokens": tokens[name], "ms": round(median, 1),
+                     "ms_range": [round(min(ms), 1), round(max(ms), 1)], "of_cold": round(median / cold, 2)})
+        print(f"| {name:48s} | {tokens[name]} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
+    return rows
+
+
+def _ms(work: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    work()
+    return (time.perf_counter() - started) * 1000
 
 
 def make_adapters(model: Any, folder: Path, count: int) -> list[str]:

@@ -24,6 +24,8 @@ from agent.llm.decoding import forward_arguments
 if TYPE_CHECKING:
     import torch
 
+    from agent.llm.prefixcache import Hit
+
 # Runs one forward with these adapter names, one per row ("__base__" = no adapter).
 Route = Callable[[Sequence[str]], AbstractContextManager[Any]]
 
@@ -38,14 +40,24 @@ class KVBatch:
         self.positions = positions  # [B] long: the position id of each row's next token
 
     @classmethod
-    def prefill(cls, model: Any, prompt_ids: Sequence[int], route: Route, adapter: str) -> tuple[KVBatch, Any]:
-        """A one-row batch holding the prompt's cache, and the logits of its next token (1-D, float32, CPU)."""
+    def prefill(cls, model: Any, prompt_ids: Sequence[int], route: Route, adapter: str,
+                hit: Hit | None = None) -> tuple[KVBatch, Any]:
+        """A one-row batch holding the prompt's cache, and the logits of its next token (1-D, float32, CPU).
+
+        With a prefix-cache `hit`, the cached keys and values stand for the prompt's first `hit.tokens`
+        tokens and the model runs on the rest only.
+        """
         import torch
         from transformers import DynamicCache
 
         device = model.device
         cache = DynamicCache(config=model.config)
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        start = 0
+        if hit is not None:
+            for index, (keys, values) in enumerate(hit.layers):
+                cache.update(keys, values, index)
+            start = hit.tokens
+        ids = torch.tensor([list(prompt_ids[start:])], dtype=torch.long, device=device)
         with torch.inference_mode(), route([adapter]):
             out = model(input_ids=ids, use_cache=True, **forward_arguments(model, cache))
         mask = torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device)
@@ -55,6 +67,11 @@ class KVBatch:
     @property
     def size(self) -> int:
         return int(self.mask.shape[0])
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values), [B, heads, L, dim]."""
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
 
     @property
     def mergeable(self) -> bool:

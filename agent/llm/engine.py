@@ -5,6 +5,10 @@ one decode thread (scheduler.py): a request that arrives while others decode joi
 step, each row with its own grammar, sampling, limits and adapter; a stream closed early leaves the batch.
 At most `max_batch` rows decode at once ([model] max_batch); the rest wait their turn.
 
+A prompt that starts like an earlier one (the same system prompt and tool schemas, or the previous step of
+the same run) is prefilled only past the shared prefix: the KV of recent prompts is kept, per adapter, up to
+[model] prefix_cache_mb (prefixcache.py).
+
 Prompts use the tokenizer's chat template. A template that speaks the Hermes <tool_call> format natively
 (it mentions `tools` and `<tool_call>`, e.g. Qwen2.5) gets the tools through `tools=`; any other (SmolLM2)
 gets them in the system message (`toolformat.with_tools`). `role="tool"` messages become user messages
@@ -32,6 +36,7 @@ from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
 from agent.llm.loading import Progress, load_model
 from agent.llm.lora import LoraSet
+from agent.llm.prefixcache import PrefixCache
 from agent.llm.scheduler import Done, Job, Scheduler
 from agent.llm.toolformat import CALL_CLOSE, CALL_OPEN, parse_reply, with_tools
 from agent.types import LLMDelta, LLMReply, LLMRequest, Message, Usage
@@ -49,7 +54,7 @@ class TransformersLLM:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
-                 constrained: bool = True, name: str = "model") -> None:
+                 constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -61,7 +66,8 @@ class TransformersLLM:
         self._native_tools = "tools" in template and CALL_OPEN in template
         self._tool_role = "'tool'" in template or '"tool"' in template
         self._lora = LoraSet(model, adapters)
-        self._scheduler = Scheduler(model, self._lora)
+        prefix = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
+        self._scheduler = Scheduler(model, self._lora, prefix=prefix)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -69,7 +75,7 @@ class TransformersLLM:
                       adapters: Mapping[str, Path] | None = None) -> TransformersLLM:
         loaded = load_model(settings, progress)
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
-                  name=loaded.name)
+                  name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb)
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
         return llm
@@ -93,6 +99,11 @@ class TransformersLLM:
     def scheduler(self) -> Scheduler:
         """The decode thread's scheduler (its counters: steps, max_rows_seen, waiting, running)."""
         return self._scheduler
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The prompts' KV kept for reuse (its `stats`: lookups, hits, reused and prefilled tokens); None when off."""
+        return self._scheduler.prefix
 
     @property
     def adapters(self) -> list[str]:

@@ -4,7 +4,8 @@ Callers (threads; asyncio code reaches the engine through threads) `submit` a Jo
 ids, then one `Done` (or an LLMError raised in that caller alone). The decode thread loops:
 
     admit: while the batch has room (max_batch), take the next waiting job, load its adapter if needed,
-           prefill its prompt alone, choose its first token, and merge its cache into the running batch;
+           prefill its prompt alone (past the longest prefix the prefix cache holds: prefixcache.py), choose
+           its first token, and merge its cache into the running batch;
     step:  one forward of every row's last token, each row's own choice (grammar mask, repetition penalty,
            temperature), then rows that finished (end token, max_new_tokens, grammar complete) or whose
            caller went away (`Job.cancel`: a stream closed early) leave the batch.
@@ -28,6 +29,7 @@ from agent.errors import LLMError
 from agent.llm.batching import KVBatch
 from agent.llm.decoding import FinishReason, Sampler
 from agent.llm.lora import LoraSet
+from agent.llm.prefixcache import PrefixCache
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,10 +78,12 @@ class _Row:
 class Scheduler:
     """Batches jobs on one model. `submit` from any thread; everything else runs in the decode thread."""
 
-    def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH,
+                 prefix: PrefixCache | None = None) -> None:
         self._model = model
         self._lora = lora
         self.max_batch = max_batch
+        self.prefix = prefix  # prompts' KV for reuse; None: every prompt is prefilled whole
         self._inbox: deque[Job] = deque()
         self._wake = threading.Lock()
         self._running = False
@@ -146,9 +150,13 @@ class Scheduler:
 
     def _prefill(self, job: Job) -> None:
         row = _Row(job, self._lora.resolve(job.adapter))
-        piece, logits = KVBatch.prefill(self._model, job.prompt_ids, self._lora.route, row.adapter)
+        prefix = self.prefix
+        hit = prefix.lookup(row.adapter, job.prompt_ids) if prefix is not None else None
+        piece, logits = KVBatch.prefill(self._model, job.prompt_ids, self._lora.route, row.adapter, hit)
         if self._mergeable is None:
             self._mergeable = piece.mergeable
+        if prefix is not None and self._mergeable:
+            prefix.store(row.adapter, job.prompt_ids, piece.layers)
         if not self._emit(row, job.sampler.choose(logits)):
             return  # done after one token: it never joins the batch
         if self._batch is None:
