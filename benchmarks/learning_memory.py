@@ -15,6 +15,8 @@ classifier: the real TaskClassifier (agent/classifier.py) over the bundled MiniL
                         "prototype" (the fallback is a ScriptedLLM with no replies, so it always falls through
                         to method "default" and the benchmark needs no model);
     fallback (in-kind)  in-kind requests sent there too; kept-correct: answered right without the fallback.
+  Every kind is taught with the description "<kind> requests"; the classifier's prototype counts its label
+  ("<kind>: <kind> requests") as one more example, and so does the baseline's.
   Baselines in the same run, on the same draws: a TF-IDF (word 1-2 grams) nearest-centroid classifier, and the
   k = 1 row. The default threshold/margin ([classifier] in agent/config.py) were tuned on the built-in kinds;
   the section also tunes them on the dev split (k = 5 draws) and reports the test numbers with both.
@@ -105,7 +107,7 @@ def taught_classifier(embedder: Any, examples: dict[str, list[str]], threshold: 
     """A TaskClassifier holding only the benchmark's kinds, each taught through `teach`.
 
     The classifier needs one kind to exist; the first kind starts from its first example and gets the rest by
-    `teach` like every other kind (same centroid: the mean of its examples' embeddings)."""
+    `teach` like every other kind (same prototype: its examples and its label)."""
     from agent.classifier import NEW_KIND_FLAGS, TaskClassifier, make_kind
     from agent.llm import ScriptedLLM
 
@@ -114,8 +116,23 @@ def taught_classifier(embedder: Any, examples: dict[str, list[str]], threshold: 
                      "benchmark")
     classifier = TaskClassifier(embedder, [seed], llm=ScriptedLLM(), threshold=threshold, margin=margin)
     for kind, texts in examples.items():
-        classifier.teach(kind, texts, description=f"{kind} requests")
+        classifier.teach(kind, texts, description=describe(kind))
     return classifier
+
+
+def describe(kind: str) -> str:
+    return f"{kind} requests"
+
+
+def with_labels(examples: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The taught examples plus each kind's label, as the classifier's prototypes count it (the baseline's input)."""
+    from agent.classifier import NEW_KIND_FLAGS, label, make_kind
+
+    def kind_label(kind: str, texts: list[str]) -> str:
+        return label(make_kind({**NEW_KIND_FLAGS, "name": kind, "description": describe(kind), "examples": texts},
+                               "benchmark"))
+
+    return {kind: [*texts, kind_label(kind, texts)] for kind, texts in examples.items()}
 
 
 def draw(pool: dict[str, list[str]], k: int, rng: random.Random) -> dict[str, list[str]]:
@@ -212,7 +229,7 @@ def run_classifier(options: Options) -> SectionResult:
                                "default": {"threshold": defaults.threshold, "margin": defaults.margin}, "runs": {}}
     rows: list[Row] = []
     for k in KS:
-        tfidf = [TfidfCentroids(taught).accuracy(split.test) for taught in draws[k]]
+        tfidf = [TfidfCentroids(with_labels(taught)).accuracy(split.test) for taught in draws[k]]
         for name, (t, m) in settings.items():
             scores = [score_classifier(taught_classifier(embedder, taught, t, m), split.test) for taught in draws[k]]
             details["runs"][f"k={k} {name}"] = {"scores": [vars(s) for s in scores], "tfidf_accuracy": tfidf}
