@@ -20,7 +20,11 @@ copy under benchmarks/results/:
     a request; then the run's second step, which adds the reply and a tool result): `model.generate` with
     max_new_tokens=1 on the second step's prompt, the engine with an empty prefix cache (cold), the engine
     on the second step right after the first (its prompt's prefix cached), and a new session's first step
-    after another session's (the system prompt and tool schemas cached).
+    after another session's (the system prompt and tool schemas cached);
+  - adapter switch (a third table): one-token requests one after another on two adapters (0, 0, 1, 1, ...),
+    those on the same adapter as the request before against those on the other one (the difference is the
+    cost of a switch), the first request on an adapter
+    (loading it from disk), and PEFT's own `set_adapter` between two loaded adapters as the baseline.
 
 The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
 
@@ -67,6 +71,7 @@ SHAPES: dict[str, dict[str, Any]] = {  # random-initialised Llama-architecture c
     "llama-3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},
 }
+PARTS = ("throughput", "first-token", "adapter-switch")
 CALC = {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
 
 
@@ -78,12 +83,12 @@ def main() -> dict[str, Any]:
     parser.add_argument("--adapters", type=int, default=8, help="distinct adapters in the mixed batch (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="every run once per round; the table shows medians")
     parser.add_argument("--shape", default="bundled", choices=["bundled", *SHAPES])
-    parser.add_argument("--parts", default="throughput,first-token",
-                        help="which tables: throughput, first-token (comma-separated)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which tables, comma-separated, from: {', '.join(PARTS)}")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts or parts - {"throughput", "first-token"}:
-        parser.error(f"--parts takes throughput and/or first-token, got {args.parts!r}")
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
     import torch
 
     if args.threads:
@@ -96,9 +101,10 @@ def main() -> dict[str, Any]:
     if "throughput" in parts:
         rows = throughput(llm, args)
     first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
+    switch = adapter_switch(llm, args.rounds) if "adapter-switch" in parts else []
     return {"shape": args.shape, "device": device, "new_tokens": args.new_tokens, "rounds": args.rounds,
             "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
-            "time_to_first_token": first_token}
+            "time_to_first_token": first_token, "adapter_switch": switch}
 
 
 def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -331,6 +337,54 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
         rows.append({"name": name, "prompt_tokens": tokens[name], "ms": round(median, 1),
                      "ms_range": [round(min(ms), 1), round(max(ms), 1)], "of_cold": round(median / cold, 2)})
         print(f"| {name:48s} | {tokens[name]} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
+    return rows
+
+
+def adapter_switch(base: Any, rounds: int) -> list[dict[str, Any]]:
+    """Milliseconds per one-token request on one adapter, alternating two, and the first use; PEFT's set_adapter."""
+    from peft import PeftModel
+
+    from agent.llm.engine import TransformersLLM
+
+    repeats = 8 * max(rounds, 3)
+    with tempfile.TemporaryDirectory() as folder:
+        names = make_adapters(base.model, Path(folder), 2)
+        llm = TransformersLLM(copy.deepcopy(base.model), base.tokenizer, name=base.name, prefix_cache_mb=0,
+                              adapters={name: Path(folder) / name for name in names})
+        ask = [request(0, 1, adapter=name) for name in names]
+        first_use = _ms(lambda: llm.complete(ask[0]))
+        llm.complete(ask[1])
+        same: list[float] = []
+        alternating: list[float] = []
+        previous = 1
+        for i in range(2 * repeats):  # adapters 0, 0, 1, 1, 0, 0, ...: every other request switches
+            chosen = (i // 2) % 2
+            took = _ms(lambda c=chosen: llm.complete(ask[c]))  # type: ignore[misc]
+            (same if chosen == previous else alternating).append(took)
+            previous = chosen
+        peft = PeftModel.from_pretrained(copy.deepcopy(base.model), str(Path(folder) / names[0]),
+                                         adapter_name=names[0])
+        peft.load_adapter(str(Path(folder) / names[1]), adapter_name=names[1])
+        set_adapter = [_ms(lambda i=i: peft.set_adapter(names[i % 2])) for i in range(repeats)]  # type: ignore[misc]
+    def spread(values: list[float]) -> str:
+        q = statistics.quantiles(values, n=4)
+        return f"{q[0]:.1f}-{q[2]:.1f}"
+
+    switch = statistics.median(alternating) - statistics.median(same)
+    rows: list[dict[str, Any]] = [
+        {"name": "engine, one-token request, same adapter as the last", "ms": statistics.median(same),
+         "quartiles": spread(same)},
+        {"name": "engine, one-token request, other adapter than the last", "ms": statistics.median(alternating),
+         "quartiles": spread(alternating)},
+        {"name": "  => cost of a switch (difference)", "ms": switch, "quartiles": ""},
+        {"name": "engine, first request on an adapter (loads it)", "ms": first_use, "quartiles": ""},
+        {"name": "PEFT set_adapter between 2 loaded adapters", "ms": statistics.median(set_adapter),
+         "quartiles": spread(set_adapter)}]
+    print(f"\n| {'adapter switch (medians of ' + str(repeats) + ')':56s} | ms | quartiles |")
+    print(f"| {'-' * 56} | ---: | ---: |")
+    for row in rows:
+        row["ms"] = round(row["ms"], 2)
+        print(f"| {row['name']:56s} | {row['ms']:.2f} | {row['quartiles']} |")
     return rows
 
 
