@@ -292,14 +292,16 @@ def _lora(request: TrainRequest) -> Iterator[Any]:
                             target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(base, config)
     model.peft_config["default"].base_model_name_or_path = request.base.identity.name
-    try:
-        model.train()
-        yield model
-    finally:
-        model.unload()
-        for name, p in base.named_parameters():
-            p.requires_grad_(frozen.get(name, False))
-        base.eval()
+    # The engine's evaluations must not reuse prompt KV computed with other weights.
+    with request.base.llm.changing_weights():
+        try:
+            model.train()
+            yield model
+        finally:
+            model.unload()
+            for name, p in base.named_parameters():
+                p.requires_grad_(frozen.get(name, False))
+            base.eval()
 
 
 def _meta(request: TrainRequest, job: Job, metrics: tuple[HeldOutMetrics | None, HeldOutMetrics | None],

@@ -25,7 +25,8 @@ A call block that repeats an earlier one of the same reply ends the reply, and t
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,19 @@ class TransformersLLM:
     def prefix_cache(self) -> PrefixCache | None:
         """The prompts' KV kept for reuse (its `stats`: lookups, hits, reused and prefilled tokens); None when off."""
         return self._scheduler.prefix
+
+    @contextmanager
+    def changing_weights(self) -> Iterator[None]:
+        """Around code that changes the model's weights in place (training does): no prompt's KV is kept or
+        reused meanwhile, and what was kept before is dropped (it was computed with the old weights)."""
+        scheduler = self._scheduler
+        kept, scheduler.prefix = scheduler.prefix, None
+        try:
+            yield
+        finally:
+            if kept is not None:
+                kept.clear()
+            scheduler.prefix = kept
 
     @property
     def adapters(self) -> list[str]:

@@ -121,3 +121,27 @@ def test_prefix_cache_setting_is_checked() -> None:
     assert ModelSettings(prefix_cache_mb=0).prefix_cache_mb == 0
     with pytest.raises(ValidationError, match="prefix_cache_mb"):
         ModelSettings(prefix_cache_mb=-1)
+
+
+def test_no_stale_prompt_is_reused_while_or_after_weights_change(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    import torch
+
+    model = tiny_model(4)
+    llm = TransformersLLM(model, tokenizer, constrained=False)
+    request = LLMRequest("act", (Message("system", SYSTEM), Message("user", "Hi.")), max_new_tokens=8)
+    llm.complete(request)  # its prompt's KV is kept
+
+    def perturb() -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.5)
+
+    reference = TransformersLLM(model, tokenizer, constrained=False, prefix_cache_mb=0)
+    with llm.changing_weights():  # as training does: weights change, the engine evaluates in between
+        perturb()
+        assert llm.complete(request).text == reference.complete(request).text
+        assert llm.prefix_cache is None
+    perturb()  # the entries kept before the change were dropped when the context ended
+    kept = llm.prefix_cache
+    assert kept is not None and len(kept) == 0
+    assert llm.complete(request).text == reference.complete(request).text
