@@ -21,6 +21,7 @@ from typing import IO
 TERM_GRACE_S = 1.0  # the wait ends as soon as the group leader exits; the landlock supervisor needs its cleanup time
 DRAIN_S = 0.2  # how long to keep reading pipes a stray descendant may hold open
 EXIT_POLL_S = 0.05  # while the pipes are quiet, how often to check whether the child has exited
+WATCH_POLL_S = 0.01  # how often the watches run while the pipes are quiet (each may rate-limit itself further)
 _CHUNK = 65536
 
 
@@ -39,7 +40,7 @@ class SandboxResult:
 @dataclass(frozen=True)
 class ProcessLimits:
     """When run_process stops a child: after timeout_s, at output_cap_bytes of stdout+stderr, or as soon as
-    one of `watches` (each called with the child's pid, every EXIT_POLL_S at most) returns a reason."""
+    one of `watches` (each called with the child's pid, every WATCH_POLL_S at most) returns a reason."""
 
     timeout_s: float
     output_cap_bytes: int
@@ -133,7 +134,7 @@ def _pump(proc: subprocess.Popen[bytes], data: bytes | None, capture: _Capture, 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return True
-            events = sel.select(min(remaining, EXIT_POLL_S))
+            events = sel.select(min(remaining, WATCH_POLL_S if capture.watches else EXIT_POLL_S))
             if capture.stop:
                 return False
             if not events and _exited(proc.pid):
