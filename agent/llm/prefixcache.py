@@ -11,7 +11,8 @@ Entries hold references to the prefill's tensors, which nothing modifies in plac
 concatenation, and the running batch pads, merges and drops rows into new tensors), so keeping one costs no
 copy. The cache holds at most `budget_bytes` of tensors ([model] prefix_cache_mb) and drops the least
 recently used entries beyond that; an entry whose prompt is a prefix of a newer one's is dropped for it.
-Used from the decode thread only (not thread-safe).
+Used from the decode thread only (not thread-safe); `clear` from elsewhere only while no request is in flight
+(TransformersLLM.changing_weights detaches the cache from the scheduler first).
 """
 
 from __future__ import annotations
