@@ -315,28 +315,26 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
         return (time.perf_counter() - started) * 1000
 
     llm.complete(first)  # compiles the tool set's grammar once, as a running agent already has
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("generate, max_new_tokens=1", lambda: _ms(generate)),
-        ("engine, cold (empty prefix cache)", lambda: timed(second)),
-        ("engine, next step of the run (prefix cached)", lambda: timed(second, before=first)),
-        ("engine, new session (system + tools cached)", lambda: timed(other, before=first)),
+    steps, session = len(ids[0]), len(llm.prompt_ids(other))
+    cases: list[tuple[str, int, Callable[[], float]]] = [  # name, prompt tokens, one timing
+        ("generate, max_new_tokens=1", steps, lambda: _ms(generate)),
+        ("engine, cold (empty prefix cache)", steps, lambda: timed(second)),
+        ("engine, next step of the run (prefix cached)", steps, lambda: timed(second, before=first)),
+        ("engine, new session (system + tools cached)", session, lambda: timed(other, before=first)),
     ]
-    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    times: list[list[float]] = [[] for _ in cases]
     for _ in range(max(rounds, 3)):
-        for name, case in cases:
-            times[name].append(case())
-    tokens = {"generate, max_new_tokens=1": len(ids[0]), "engine, cold (empty prefix cache)": len(ids[0]),
-              "engine, next step of the run (prefix cached)": len(ids[0]),
-              "engine, new session (system + tools cached)": len(llm.prompt_ids(other))}
-    cold = statistics.median(times["engine, cold (empty prefix cache)"])
+        for (_, _, case), taken in zip(cases, times, strict=True):
+            taken.append(case())
+    cold = statistics.median(times[1])
     rows: list[dict[str, Any]] = []
     print(f"\n| {'time to first token (median of the rounds)':48s} | prompt tokens | ms | range | of engine cold |")
     print(f"| {'-' * 48} | ---: | ---: | ---: | ---: |")
-    for name, ms in times.items():
+    for (name, tokens, _), ms in zip(cases, times, strict=True):
         median = statistics.median(ms)
-        rows.append({"name": name, "prompt_tokens": tokens[name], "ms": round(median, 1),
+        rows.append({"name": name, "prompt_tokens": tokens, "ms": round(median, 1),
                      "ms_range": [round(min(ms), 1), round(max(ms), 1)], "of_cold": round(median / cold, 2)})
-        print(f"| {name:48s} | {tokens[name]} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
+        print(f"| {name:48s} | {tokens} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
     return rows
 
 
