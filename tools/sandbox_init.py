@@ -179,7 +179,10 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def children() -> list[int]:
-    """This process's children, from /proc (CONFIG_PROC_CHILDREN's children files are often missing)."""
+    """This process's children, from /proc (CONFIG_PROC_CHILDREN's children files are often missing).
+
+    The same /proc/*/stat scan as tools.proctree.tree_rss_bytes, kept apart on purpose: inside the sandbox
+    only the modules the bootstrap carries (tools/sandbox_plan.py) exist, and each one added costs every call."""
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
