@@ -93,7 +93,7 @@ class PrefixCache:
 
     def store(self, adapter: str, prompt_ids: Sequence[int], layers: Sequence[tuple[Any, Any]]) -> None:
         """Keep a prefilled prompt's KV (one row: [1, heads, len(prompt_ids), dim] per layer)."""
-        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        nbytes = sum(_held_bytes(k) + _held_bytes(v) for k, v in layers)
         if nbytes > self.budget_bytes or not prompt_ids:
             return
         ids = _ids(prompt_ids)
@@ -128,3 +128,8 @@ def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _covers(longer: torch.Tensor, shorter: torch.Tensor) -> bool:
     return longer.shape[0] >= shorter.shape[0] and _common_prefix(longer, shorter) == shorter.shape[0]
+
+
+def _held_bytes(tensor: torch.Tensor) -> int:
+    """The memory an entry keeps alive: a view's whole buffer (a growing cache layer has room past its length)."""
+    return max(int(tensor.untyped_storage().nbytes()), tensor.numel() * tensor.element_size())
