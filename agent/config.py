@@ -63,6 +63,10 @@ class ModelSettings(_Section):
         256, ge=0, description="KV cache of recent prompts kept for reuse (shared system prompt, tool schemas, "
         "earlier steps); 0 = off"
     )
+    int4: Literal["auto", "on", "off"] = Field(
+        "auto", description="CPU decode steps read 4-bit packed weights: auto = only when that is lossless (a Q4_1 "
+        "GGUF such as the bundled model), on = any model (quantizes), off = never"
+    )
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
     backend: Literal["transformers", "openai"] = Field(

@@ -83,6 +83,8 @@ def main() -> dict[str, Any]:
     parser.add_argument("--adapters", type=int, default=8, help="distinct adapters in the mixed batch (0: skip)")
     parser.add_argument("--rounds", type=int, default=3, help="every run once per round; the table shows medians")
     parser.add_argument("--shape", default="bundled", choices=["bundled", *SHAPES])
+    parser.add_argument("--int4", default="auto", choices=["auto", "on", "off"],
+                        help="[model] int4 for the engine (auto: packed when lossless, the bundled model on CPU)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which tables, comma-separated, from: {', '.join(PARTS)}")
     args = parser.parse_args()
@@ -93,16 +95,17 @@ def main() -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    llm = load(args.shape)
+    llm = load(args.shape, args.int4)
     device = str(llm.model.device)
-    print(f"{args.shape} on {device} ({llm.model.dtype}), torch threads {torch.get_num_threads()}, "
+    int4 = "off" if llm.int4 is None else ("on, lossless" if llm.int4.exact else "on, quantized")
+    print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}), torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
     rows: list[dict[str, Any]] = []
     if "throughput" in parts:
         rows = throughput(llm, args)
     first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
     switch = adapter_switch(llm, args.rounds) if "adapter-switch" in parts else []
-    return {"shape": args.shape, "device": device, "new_tokens": args.new_tokens, "rounds": args.rounds,
+    return {"shape": args.shape, "device": device, "int4": int4, "new_tokens": args.new_tokens, "rounds": args.rounds,
             "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
             "time_to_first_token": first_token, "adapter_switch": switch}
 
@@ -122,20 +125,20 @@ def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def load(shape: str) -> Any:
+def load(shape: str, int4: Any) -> Any:
     from agent.config import Settings
     from agent.llm.engine import TransformersLLM
     from agent.llm.loading import load_model
 
     loaded = load_model(Settings.load())
     if shape == "bundled":
-        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name, prefix_cache_mb=0)
+        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name, prefix_cache_mb=0, int4=int4)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                          pad_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).to(device=loaded.model.device, dtype=loaded.model.dtype).eval()
-    return TransformersLLM(model, loaded.tokenizer, name=shape, prefix_cache_mb=0)
+    return TransformersLLM(model, loaded.tokenizer, name=shape, prefix_cache_mb=0, int4=int4)
 
 
 def mask_stop_tokens(llm: Any) -> None:
@@ -185,6 +188,15 @@ class Bench:
             runs += [(f"engine, {count} sessions one after another", partial(self.sequential, requests)),
                      (f"engine, {count} concurrent sessions", partial(self.engine, self.llm, requests)),
                      (f"generate, one padded batch of {count}", partial(self.generate, list(range(count))))]
+        if self.llm.int4 is not None:  # the same model, decode steps reading its float32 weights
+            from agent.llm.engine import TransformersLLM
+
+            plain = TransformersLLM(self.llm.model, self.llm.tokenizer, name=self.llm.name, prefix_cache_mb=0,
+                                    int4="off")
+            runs.append(("engine, 1 session, int4 off (float32 weights)", lambda: self.engine(plain, [request(0, n)])))
+            for count in (c for c in sessions if c > 1):
+                runs.append((f"engine, {count} concurrent sessions, int4 off",
+                             partial(self.engine, plain, [request(i, n) for i in range(count)])))
         if adapters:
             runs += self.adapter_runs(adapters, folder)
         return runs

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from agent.config import Settings
 from agent.errors import ConfigError, LLMError
 from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
+from agent.llm.int4 import Int4Decode, Mode
 from agent.llm.loading import Progress, load_model
 from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
@@ -55,7 +56,8 @@ class TransformersLLM:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
-                 constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256) -> None:
+                 constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256,
+                 int4: Mode = "auto") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -68,7 +70,9 @@ class TransformersLLM:
         self._tool_role = "'tool'" in template or '"tool"' in template
         self._lora = LoraSet(model, adapters)
         prefix = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
-        self._scheduler = Scheduler(model, self._lora, prefix=prefix)
+        self.int4 = Int4Decode.prepare(model, int4)  # None: decode reads the weights as loaded
+        decoding = self.int4.active if self.int4 is not None else nullcontext
+        self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -76,7 +80,7 @@ class TransformersLLM:
                       adapters: Mapping[str, Path] | None = None) -> TransformersLLM:
         loaded = load_model(settings, progress)
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
-                  name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb)
+                  name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4)
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
         return llm

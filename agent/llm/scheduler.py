@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 DEFAULT_MAX_BATCH = 8
 
@@ -79,8 +80,10 @@ class Scheduler:
     """Batches jobs on one model. `submit` from any thread; everything else runs in the decode thread."""
 
     def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH,
-                 prefix: PrefixCache | None = None) -> None:
+                 prefix: PrefixCache | None = None,
+                 decoding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
         self._model = model
+        self._decoding = decoding  # wraps every batched decode forward (int4.Int4Decode.active)
         self._lora = lora
         self.max_batch = max_batch
         self.prefix = prefix  # prompts' KV for reuse; None: every prompt is prefilled whole
@@ -172,7 +175,9 @@ class Scheduler:
             return
         started = time.perf_counter()
         try:
-            logits = self._batch.step([r.last for r in self._rows], self._lora.route, [r.adapter for r in self._rows])
+            with self._decoding():
+                logits = self._batch.step([r.last for r in self._rows], self._lora.route,
+                                          [r.adapter for r in self._rows])
         except Exception as e:
             for row in self._rows:
                 row.job.events.put(_model_error(e, f"a batch of {len(self._rows)} requests"))

@@ -1,0 +1,171 @@
+"""4-bit weights for CPU decode steps: the same Linear layers, read as packed int4 groups.
+
+A CPU decode step is bound by reading the weights: the bundled model reads 540 MB of float32 per token. The
+bundled GGUF stores its layer weights as Q4_1 (groups of 32 values, w = d * q + m, q in 0..15), so the float32
+weights the engine loads are exactly 4-bit values: packing them back into int4 groups loses nothing. The packed
+copy is read through torch's `_weight_int4pack_mm_for_cpu`, whose vectorized path takes bfloat16 activations
+and scales; it runs the model's layer matrices at about twice the float32 speed at one to four rows.
+
+What changes and what does not:
+- The weights stay as they are (the float32 Linear keeps its tensor; the packed copy is 1/8 of its size), so
+  training, adapters (PEFT wraps the same Linear; the router adds LoRA outputs after it) and prefill run exactly
+  as before. Only decode steps inside `Int4Decode.active()` read the packed copy.
+- Those steps round each layer's input, and the group scales and offsets, to bfloat16 (8 significant bits):
+  the layers' outputs move by about 1e-3 relative, which can flip a near-tie between two tokens after a few
+  dozen tokens. llama.cpp, which the bundled file comes from, rounds activations to 8-bit integers instead.
+- The output layer (tied to the Q8_0 token embedding) stays float32: bfloat16 logits lose ties and a 4-bit head
+  would lose weight precision.
+- A row's result does not depend on the other rows in its batch (each row is its own product).
+
+`mode` ([model] int4): "auto" packs only when every eligible layer is exactly 4-bit (a Q4_1 GGUF), on CPU, in
+float32; "on" packs any model's layers (a real quantization: groups of 32, min/max scaled); "off" never packs.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+GROUP = 32
+Mode = Literal["auto", "on", "off"]
+_PREPARED: weakref.WeakKeyDictionary[Any, Int4Decode] = weakref.WeakKeyDictionary()  # model -> its packed layers
+
+
+@dataclass
+class Packed:
+    """One Linear's packed int4 weight: `_weight_int4pack_mm_for_cpu` operands, and the weight version it matches."""
+
+    weight: Any  # uint8 [N, K/2]
+    scales_zeros: Any  # bfloat16 [K/32, N, 2]: w = (q - 8) * scale + zero
+    version: int  # the float weight's `_version` when packed; a later in-place change makes this stale
+    out_features: int
+
+
+class Int4Decode:
+    """The packed layers of one model, and the switch that routes decode steps through them."""
+
+    def __init__(self, layers: dict[str, Any], exact: bool) -> None:
+        self.layers = layers  # qualified name -> the Linear that has a packed copy
+        self.exact = exact  # every packed layer reproduces its float weight exactly
+        self.packed_calls = 0  # products read from the packed weights (tests and benchmarks read it)
+        self._local = threading.local()
+        for module in layers.values():
+            module.forward = types.MethodType(_make_forward(self), module)
+
+    @classmethod
+    def prepare(cls, model: Any, mode: Mode) -> Int4Decode | None:
+        """Pack `model`'s decoder Linear layers per `mode`; None when nothing is packed (or mode says no).
+
+        Engines sharing one model share its packing (each decode thread switches it on for itself only).
+        """
+        import torch
+
+        if mode == "off" or not _supported(model):
+            return None
+        known = _PREPARED.get(model)
+        if known is not None and (known.exact or mode == "on"):
+            return known
+        candidates = {name: module for name, module in _linears(model)}
+        if not candidates:
+            return None
+        packed: dict[str, Packed] = {}
+        exact = True
+        for name, module in candidates.items():
+            one, error = pack(module.weight)
+            scale = float(module.weight.detach().abs().max()) or 1.0
+            if error > 1e-6 * scale:
+                exact = False
+                if mode == "auto":
+                    return None
+            packed[name] = one
+        with torch.no_grad():
+            for name, module in candidates.items():
+                module._metagent_int4 = packed[name]
+        prepared = cls(candidates, exact)
+        _PREPARED[model] = prepared
+        return prepared
+
+    @property
+    def on(self) -> bool:
+        return bool(getattr(self._local, "on", False))
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Forwards run in this thread inside the block read the packed weights (decode steps)."""
+        before = self.on
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = before
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m._metagent_int4.weight.numel() + m._metagent_int4.scales_zeros.numel() * 2
+                   for m in self.layers.values())
+
+
+def pack(weight: Any) -> tuple[Packed, float]:
+    """`weight` [N, K] as int4 groups of 32 along K (min/max affine), and the largest absolute error it makes."""
+    import torch
+
+    w = weight.detach().float()
+    n, k = w.shape
+    groups = w.reshape(n, k // GROUP, GROUP)
+    low = groups.amin(dim=-1)
+    high = groups.amax(dim=-1)
+    scale = (high - low) / 15
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round((groups - low[..., None]) / safe[..., None]).clamp_(0, 15)
+    error = float(((q * scale[..., None] + low[..., None]) - groups).abs().max())
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(n, k).to(torch.int32), 1)
+    zero = low + 8 * scale
+    scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(torch.bfloat16)
+    # bfloat16 scales are part of the kernel's contract; the error above is the int4 grid's alone
+    return Packed(packed, scales_zeros, int(weight._version), n), error
+
+
+def _make_forward(owner: Int4Decode) -> Any:
+    import torch
+    from torch.nn import functional
+
+    def forward(self: Any, x: Any) -> Any:
+        packed: Packed = self._metagent_int4
+        if not owner.on or x.dtype != torch.float32 or packed.version != self.weight._version:
+            return functional.linear(x, self.weight, self.bias)
+        owner.packed_calls += 1
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed.weight, GROUP, packed.scales_zeros)
+        out = out.to(torch.float32).reshape(*shape[:-1], packed.out_features)
+        return out if self.bias is None else out + self.bias
+
+    return forward
+
+
+def _supported(model: Any) -> bool:
+    import torch
+
+    ops = torch.ops.aten
+    if not (hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")):
+        return False
+    parameter = next(model.parameters(), None)
+    return parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.float32
+
+
+def _linears(model: Any) -> Iterator[tuple[str, Any]]:
+    """The decoder's Linear layers the kernel takes (K a multiple of 32, N of 16); never the output layer."""
+    from torch import nn
+
+    head = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear or module is head:
+            continue
+        n, k = module.weight.shape
+        if k % GROUP == 0 and n % 16 == 0:
+            yield name, module
