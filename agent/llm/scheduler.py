@@ -18,9 +18,11 @@ The thread starts on the first submit and exits when nothing is left to do (no t
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 DEFAULT_MAX_BATCH = 8
+EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for a decode thread to finish its current forward
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Scheduler:
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
+        self._thread: threading.Thread | None = None
 
     @property
     def waiting(self) -> int:
@@ -114,7 +118,28 @@ class Scheduler:
             self._inbox.append(job)
             if not self._running:
                 self._running = True
-                threading.Thread(target=self._run, name="metagent-decode", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name="metagent-decode", daemon=True)
+                self._thread.start()
+                _LIVE.add(self)
+                _THREADS.add(self._thread)
+
+    def stop(self, timeout: float = EXIT_WAIT_S) -> bool:
+        """Cancel every job and wait for the decode thread to leave; False if it is still running after `timeout`.
+
+        Runs at interpreter exit (with a wait for every decode thread): a daemon thread still inside C++ code
+        (a torch call, a tensor or grammar being freed) while Python finalizes is killed mid-call ("terminate
+        called without an active exception", exit status 134). That happened to a program that exited right
+        after its last reply, while the thread was still retiring the row or freeing a dropped engine.
+        """
+        with self._wake:
+            jobs = [row.job for row in self._rows] + list(self._inbox)
+            thread = self._thread
+        for job in jobs:
+            job.cancel()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -223,6 +248,22 @@ class Scheduler:
             self._rows, self._batch, self._running = [], None, False
         for job in jobs:
             job.events.put(LLMError(message))
+
+
+_LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()  # schedulers that started a decode thread
+_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # their decode threads (alive ones stay listed)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for scheduler in list(_LIVE):
+        scheduler.stop()
+    # A thread whose scheduler is gone may still be freeing it (the engine's last reference can be the thread's):
+    # tensors and compiled grammars, C++ destructors that must not be cut short either.
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in list(_THREADS):
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _model_error(error: Exception, what: str) -> LLMError:
