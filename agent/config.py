@@ -64,8 +64,8 @@ class ModelSettings(_Section):
         "earlier steps); 0 = off"
     )
     int4: Literal["auto", "on", "off"] = Field(
-        "auto", description="CPU decode steps read 4-bit packed weights: auto = only when that is lossless (a Q4_1 "
-        "GGUF such as the bundled model), on = any model (quantizes), off = never"
+        "auto", description="CPU decode steps read 4-bit packed weights: auto = only when the weights are exactly "
+        "4-bit (a Q4_1 GGUF such as the bundled model), on = any model (quantizes), off = never"
     )
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.

@@ -84,7 +84,8 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3, help="every run once per round; the table shows medians")
     parser.add_argument("--shape", default="bundled", choices=["bundled", *SHAPES])
     parser.add_argument("--int4", default="auto", choices=["auto", "on", "off"],
-                        help="[model] int4 for the engine (auto: packed when lossless, the bundled model on CPU)")
+                        help="[model] int4 for the engine (auto: packed when the weights are exactly 4-bit, as "
+                        "the bundled model's on CPU)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which tables, comma-separated, from: {', '.join(PARTS)}")
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     llm = load(args.shape, args.int4)
     device = str(llm.model.device)
-    int4 = "off" if llm.int4 is None else ("on, lossless" if llm.int4.exact else "on, quantized")
+    int4 = "off" if llm.int4 is None else ("on, exact 4-bit weights" if llm.int4.exact else "on, quantized")
     print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}), torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
     rows: list[dict[str, Any]] = []
