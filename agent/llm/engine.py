@@ -83,6 +83,9 @@ class TransformersLLM:
                   name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4)
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
+        if progress is not None and llm.int4 is not None:
+            kind = "exact 4-bit weights" if llm.int4.exact else "quantized from the loaded weights"
+            progress(f"decode steps read 4-bit packed layers ({kind}; [model] int4 = \"off\" turns this off)")
         return llm
 
     @property

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.config import ModelSettings
+from agent.config import ModelSettings, Settings
 from agent.llm.batching import KVBatch
 from agent.llm.engine import TransformersLLM
 from agent.llm.int4 import GROUP, Int4Decode, pack
@@ -18,6 +18,7 @@ from agent.llm.prefixcache import PrefixCache
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_llm_adapters import make_lora
+from tests.llm.test_llm_loading import with_model
 
 
 def route(names: Sequence[str]) -> Any:
@@ -113,6 +114,19 @@ def test_int4_setting_is_checked() -> None:
     assert ModelSettings(int4="off").int4 == "off"
     with pytest.raises(ValidationError, match="int4"):
         ModelSettings(int4="fast")  # type: ignore[arg-type]
+
+
+def test_loading_says_when_decode_reads_packed_layers(tiny_model: TinyFactory, tokenizer: Any, settings: Settings,
+                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    tiny_model(0).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    messages: list[str] = []
+    llm = TransformersLLM.from_settings(with_model(settings, path=str(folder), int4="on"), progress=messages.append)
+    assert llm.int4 is not None and "4-bit packed layers (quantized" in messages[-1]
+    messages.clear()
+    assert TransformersLLM.from_settings(with_model(settings, path=str(folder)), progress=messages.append).int4 is None
+    assert not any("4-bit" in m for m in messages)  # auto: random float weights are not exactly 4-bit
 
 
 def test_growing_cache_never_writes_what_it_handed_out(tiny_model: TinyFactory) -> None:
