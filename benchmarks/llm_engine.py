@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/llm_engine.py [--threads N] [--new-tokens 64] [--sessions 1,8] [--adapters 8]
                                               [--shape bundled|tiny|qwen2.5-1.5b|llama-3-8b]
-                                              [--parts throughput,first-token]
+                                              [--parts throughput,first-token,adapter-switch,int4-fidelity]
+                                              [--int4 auto|on|off]
 
 Every request decodes exactly --new-tokens (end tokens are masked by a forward hook, for generate and the
 engine alike), greedy, on 8 different chat prompts. Prints a table and writes it as JSON next to the printed
@@ -24,7 +25,11 @@ copy under benchmarks/results/:
   - adapter switch (a third table): one-token requests one after another on two adapters (0, 0, 1, 1, ...),
     those on the same adapter as the request before against those on the other one (the difference is the
     cost of a switch), the first request on an adapter
-    (loading it from disk), and PEFT's own `set_adapter` between two loaded adapters as the baseline.
+    (loading it from disk), and PEFT's own `set_adapter` between two loaded adapters as the baseline;
+  - int4 fidelity (when the engine packs the model's layers, [model] int4): the replies of
+    agent/data/general_set.jsonl fed one token per decode step after their prompt, with the packed layers and
+    with the float32 weights: mean negative log-likelihood per reply token, and how often the two steps' argmax
+    agree. With --int4 auto/on, the throughput table adds the same engine runs with the float32 weights.
 
 The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
 
@@ -36,6 +41,7 @@ bundled tokenizer. Not a test: numbers depend on the machine and on what else ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -71,7 +77,7 @@ SHAPES: dict[str, dict[str, Any]] = {  # random-initialised Llama-architecture c
     "llama-3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},
 }
-PARTS = ("throughput", "first-token", "adapter-switch")
+PARTS = ("throughput", "first-token", "adapter-switch", "int4-fidelity")
 CALC = {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
 
 
@@ -106,9 +112,10 @@ def main() -> dict[str, Any]:
         rows = throughput(llm, args)
     first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
     switch = adapter_switch(llm, args.rounds) if "adapter-switch" in parts else []
+    fidelity = int4_fidelity(llm) if "int4-fidelity" in parts else {}
     return {"shape": args.shape, "device": device, "int4": int4, "new_tokens": args.new_tokens, "rounds": args.rounds,
             "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
-            "time_to_first_token": first_token, "adapter_switch": switch}
+            "time_to_first_token": first_token, "adapter_switch": switch, "int4_fidelity": fidelity}
 
 
 def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -397,6 +404,48 @@ def adapter_switch(base: Any, rounds: int) -> list[dict[str, Any]]:
         row["ms"] = round(row["ms"], 2)
         print(f"| {row['name']:56s} | {row['ms']:.2f} | {row['quartiles']} |")
     return rows
+
+
+def int4_fidelity(llm: Any) -> dict[str, Any]:
+    """What packed 4-bit decode steps change: teacher-forced decode over agent/data/general_set.jsonl's replies
+    (each prompt prefilled, then the reply fed one token per step, as the engine decodes), the reply tokens'
+    mean negative log-likelihood and the steps' argmax, with the packed layers and with the float32 weights."""
+    import torch
+
+    from agent.llm.batching import KVBatch
+
+    if llm.int4 is None:
+        print("\nint4-fidelity: the engine does not pack this model's layers (see --int4)")
+        return {}
+    rows = [json.loads(line) for line in (ROOT / "agent/data/general_set.jsonl").read_text().splitlines() if line]
+    nll: dict[str, list[float]] = {"float32": [], "int4": []}
+    agree = steps = 0
+
+    def route(names: Sequence[str]) -> Any:  # base rows only: nothing to route
+        return contextlib.nullcontext()
+
+    for row in rows:
+        prompt = llm.tokenizer.apply_chat_template(row["messages"][:1], add_generation_prompt=True, tokenize=False)
+        reply = row["messages"][1]["content"] + "<|im_end|>"
+        prompt_ids = llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer = llm.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"][len(prompt_ids):]
+        chosen: dict[str, list[int]] = {}
+        for mode in nll:
+            batch, logits = KVBatch.prefill(llm.model, prompt_ids, route, "__base__")
+            seq = [logits]
+            for token in answer[:-1]:
+                with llm.int4.active() if mode == "int4" else contextlib.nullcontext():
+                    seq.append(batch.step([token], route, ["__base__"])[0])
+            nll[mode] += [-float(torch.log_softmax(x, -1)[t]) for x, t in zip(seq, answer, strict=True)]
+            chosen[mode] = [int(x.argmax()) for x in seq[1:]]
+        agree += sum(a == b for a, b in zip(chosen["float32"], chosen["int4"], strict=True))
+        steps += len(answer) - 1
+    result = {"tokens": len(nll["int4"]), "decode_steps": steps, "argmax_agreement": round(agree / steps, 4),
+              **{f"nll_{mode}": round(statistics.mean(values), 4) for mode, values in nll.items()}}
+    print(f"\nint4-fidelity ({len(rows)} replies, {result['tokens']} tokens): mean NLL per token float32 "
+          f"{result['nll_float32']}, packed int4 {result['nll_int4']}; decode-step argmax agreement "
+          f"{agree}/{steps} ({agree / steps:.2%})")
+    return result
 
 
 def _ms(work: Callable[[], None]) -> float:
