@@ -63,8 +63,6 @@ class Int4Decode:
 
         Engines sharing one model share its packing (each decode thread switches it on for itself only).
         """
-        import torch
-
         if mode == "off" or not _supported(model):
             return None
         known = _PREPARED.get(model)
@@ -83,9 +81,8 @@ class Int4Decode:
                 if mode == "auto":
                     return None
             packed[name] = one
-        with torch.no_grad():
-            for name, module in candidates.items():
-                module._metagent_int4 = packed[name]
+        for name, module in candidates.items():
+            module._metagent_int4 = packed[name]
         prepared = cls(candidates, exact)
         _PREPARED[model] = prepared
         return prepared
@@ -136,7 +133,8 @@ def _make_forward(owner: Int4Decode) -> Any:
 
     def forward(self: Any, x: Any) -> Any:
         packed: Packed = self._metagent_int4
-        if not owner.on or x.dtype != torch.float32 or packed.version != self.weight._version:
+        if (not owner.on or x.dtype != torch.float32 or x.device.type != "cpu"
+                or packed.version != self.weight._version):
             return functional.linear(x, self.weight, self.bias)
         owner.packed_calls += 1
         shape = x.shape
