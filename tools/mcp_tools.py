@@ -238,6 +238,8 @@ class McpServer:
             future.cancel()
             raise ToolError(f"timed out after {timeout_s:g} s") from None
         except Exception as e:
+            if _is_request_timeout(e):  # the request's own timeout (timeout_s) fired before the wait above
+                raise ToolError(f"timed out after {timeout_s:g} s") from None
             raise ToolError(f"the MCP server {self.name} failed: {_describe(e)}{self._stderr.hint()}") from e
 
     def close(self) -> None:
@@ -367,6 +369,15 @@ class _StderrTail:
         with self._lock:
             text = strip_invisible(self._tail.decode("utf-8", "replace")).strip()
         return f" Its stderr ended with:\n{text}" if text else " It wrote nothing to stderr."
+
+
+def _is_request_timeout(error: BaseException) -> bool:
+    """Whether the MCP client gave up on the request after its read timeout (JSON-RPC code REQUEST_TIMEOUT)."""
+    from mcp_types import REQUEST_TIMEOUT
+
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return getattr(error, "code", None) == REQUEST_TIMEOUT
 
 
 def _describe(error: BaseException) -> str:

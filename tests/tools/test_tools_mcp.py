@@ -20,7 +20,7 @@ from agent.errors import ConfigError
 from agent.services import make_registry
 from agent.types import ToolCall, ToolResult
 from tools import Broker, ToolRegistry
-from tools.mcp_tools import McpServer, register_servers
+from tools.mcp_tools import McpServer, _is_request_timeout, register_servers
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 
@@ -149,6 +149,18 @@ def test_a_tool_that_raises_and_a_slow_tool_are_errors_and_the_server_carries_on
     slow = call(broker, "t_slow", {"seconds": 10})
     assert not slow.ok and "timed out after 2 s" in str(slow.error)
     assert call(broker, "t_add", {"a": 1, "b": 1}).output == "2"
+
+
+def test_the_clients_own_request_timeout_reads_as_our_timeout() -> None:
+    # Which timeout fires first (the request's, or the wait for it 0.5 s later) depends on load: both must read
+    # "timed out after N s", never "the MCP server failed".
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
+
+    timeout = MCPError(code=REQUEST_TIMEOUT, message="Request 'tools/call' timed out")
+    assert _is_request_timeout(timeout) and _is_request_timeout(ExceptionGroup("task group", [timeout]))
+    assert not _is_request_timeout(MCPError(code=INTERNAL_ERROR, message="boom"))
+    assert not _is_request_timeout(TimeoutError("socket"))
 
 
 def test_parallel_calls_share_one_server(broker: Broker) -> None:
