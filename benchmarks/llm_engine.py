@@ -10,8 +10,9 @@ engine alike), greedy, on 8 different chat prompts. Prints a table and writes it
 copy under benchmarks/results/:
 
   - batch 1: `model.generate` (the baseline), the engine alone, the engine under a grammar (tools offered,
-    tool_choice="auto", a plain answer), and the share of the memory-bandwidth roofline (weights read per
-    token over the bandwidth a big tensor sum reaches on this device);
+    tool_choice="auto", a plain answer), the same prompt decoded without the grammar (its cost alone), and the
+    share of the memory-bandwidth roofline (weights read per token over the bandwidth a big tensor sum reaches
+    on this device);
   - N sessions: N threads calling the engine at once (continuous batching) against the same N requests one
     after another, and one padded batch-N `model.generate`;
   - adapters: 8 concurrent sessions with LoRA adapters (rank 16 on q/k/v/o, random non-zero B): base rows
@@ -180,8 +181,13 @@ Run = Callable[[], Sample]
 
 class Bench:
     def __init__(self, llm: Any, new_tokens: int) -> None:
+        from agent.llm.engine import TransformersLLM
+
         self.llm = llm
         self.new_tokens = new_tokens
+        # The grammar's cost alone: the same model, prompt (tool schemas included) and packing, decoded freely.
+        self.free = TransformersLLM(llm.model, llm.tokenizer, name=llm.name, prefix_cache_mb=0, constrained=False,
+                                    int4="off" if llm.int4 is None else "on")
 
     def runs(self, sessions: list[int], adapters: int, folder: Path) -> list[tuple[str, Run]]:
         """Every measurement, by name; the first is the baseline, the second the engine at batch 1."""
@@ -190,6 +196,8 @@ class Bench:
             ("generate, batch 1", lambda: self.generate([0])),
             ("engine, 1 session", lambda: self.engine(self.llm, [request(0, n)])),
             ("engine, 1 session, grammar (tools, auto)", lambda: self.engine(self.llm, [request(0, n, tools=True)])),
+            ("engine, 1 session, same prompt, no grammar",
+             lambda: self.engine(self.free, [request(0, n, tools=True)])),
         ]
         for count in (c for c in sessions if c > 1):
             requests = [request(i, n) for i in range(count)]
