@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 DEFAULT_MAX_BATCH = 8
-EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for a decode thread to finish its current forward
+EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,6 @@ class Scheduler:
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
-        self._thread: threading.Thread | None = None
 
     @property
     def waiting(self) -> int:
@@ -118,28 +117,17 @@ class Scheduler:
             self._inbox.append(job)
             if not self._running:
                 self._running = True
-                self._thread = threading.Thread(target=self._run, name="metagent-decode", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="metagent-decode", daemon=True)
+                thread.start()
                 _LIVE.add(self)
-                _THREADS.add(self._thread)
+                _THREADS.add(thread)
 
-    def stop(self, timeout: float = EXIT_WAIT_S) -> bool:
-        """Cancel every job and wait for the decode thread to leave; False if it is still running after `timeout`.
-
-        Runs at interpreter exit (with a wait for every decode thread): a daemon thread still inside C++ code
-        (a torch call, a tensor or grammar being freed) while Python finalizes is killed mid-call ("terminate
-        called without an active exception", exit status 134). That happened to a program that exited right
-        after its last reply, while the thread was still retiring the row or freeing a dropped engine.
-        """
+    def cancel_all(self) -> None:
+        """Cancel every job, running or waiting: the decode thread drops them and exits (at interpreter exit)."""
         with self._wake:
             jobs = [row.job for row in self._rows] + list(self._inbox)
-            thread = self._thread
         for job in jobs:
             job.cancel()
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -256,10 +244,15 @@ _THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # their decode 
 
 @atexit.register
 def _stop_all() -> None:
+    """At interpreter exit: cancel every job and wait (at most EXIT_WAIT_S in all) for every decode thread.
+
+    A daemon thread still inside C++ code (a torch call, a tensor or a compiled grammar being freed) while Python
+    finalizes is killed mid-call: "terminate called without an active exception", exit status 134. That happened
+    to a program that exited right after its last reply, while the thread was still retiring the row or freeing
+    an engine whose last reference it held (so its scheduler may already be gone from _LIVE).
+    """
     for scheduler in list(_LIVE):
-        scheduler.stop()
-    # A thread whose scheduler is gone may still be freeing it (the engine's last reference can be the thread's):
-    # tensors and compiled grammars, C++ destructors that must not be cut short either.
+        scheduler.cancel_all()
     deadline = time.monotonic() + EXIT_WAIT_S
     for thread in list(_THREADS):
         if thread is not threading.current_thread():
