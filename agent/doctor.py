@@ -23,6 +23,8 @@ def report(settings: Settings) -> dict[str, Any]:
     from agent.llm.openai_compat import describe_server
 
     rows.update(describe_server(settings))  # backend; with a server: its model, key variable, a 3 s probe
+    if settings.model.backend == "transformers":
+        rows["int4 decode"] = _int4(settings)
     rows["model cache"] = str(settings.model_cache_dir)
     rows["data directory"] = str(settings.home)
     rows["workspace"] = str(settings.workspace_dir)
@@ -47,6 +49,18 @@ def _device(settings: Settings) -> str:
     gpu = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "no GPU"
     chosen = settings.model.device if settings.model.device != "auto" else ("cuda" if cuda else "cpu")
     return f"{chosen} [{gpu}; {torch.get_num_threads()} CPU threads]"
+
+
+def _int4(settings: Settings) -> str:
+    try:
+        import torch
+    except ImportError:
+        return "torch not installed"
+    from agent.llm.int4 import describe
+
+    device = settings.model.device if settings.model.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    return describe(settings.model.int4, settings.model.path, device, settings.model.dtype)
 
 
 def _bundled_gguf() -> str:

@@ -107,6 +107,26 @@ class Int4Decode:
                    for m in self.layers.values())
 
 
+def describe(mode: Mode, model_path: str, device: str, dtype: str) -> str:
+    """What `mode` will do for this model, without loading it (`metagent doctor`); device: "cpu" or "cuda"."""
+    import torch
+
+    ops = torch.ops.aten
+    if mode == "off":
+        return "off ([model] int4)"
+    if not hasattr(ops, "_weight_int4pack_mm_for_cpu"):
+        return f"unavailable: torch {torch.__version__} has no _weight_int4pack_mm_for_cpu"
+    if device != "cpu":
+        return f"off on {device} (a CPU kernel only)"
+    if dtype not in ("auto", "float32"):
+        return f"off: needs float32 weights, [model] dtype is {dtype}"
+    if mode == "on":
+        return "on: decode steps read every layer quantized to 4 bits at load"
+    if not model_path:
+        return "on: the bundled model's Q4_1 layers are exactly 4-bit"
+    return "auto: on at load if every layer is exactly 4-bit (a Q4_1 GGUF), else off"
+
+
 def pack(weight: Any) -> tuple[Packed, float]:
     """`weight` [N, K] as int4 groups of 32 along K (min/max affine), and the largest absolute error it makes."""
     import torch

@@ -11,9 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config import ModelSettings, Settings
+from agent.doctor import report
 from agent.llm.batching import KVBatch
 from agent.llm.engine import TransformersLLM
-from agent.llm.int4 import GROUP, Int4Decode, pack
+from agent.llm.int4 import GROUP, Int4Decode, describe, pack
 from agent.llm.prefixcache import PrefixCache
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
@@ -127,6 +128,16 @@ def test_loading_says_when_decode_reads_packed_layers(tiny_model: TinyFactory, t
     messages.clear()
     assert TransformersLLM.from_settings(with_model(settings, path=str(folder)), progress=messages.append).int4 is None
     assert not any("4-bit" in m for m in messages)  # auto: random float weights are not exactly 4-bit
+
+
+def test_doctor_says_what_int4_will_do(settings: Settings) -> None:
+    on_cpu = with_model(settings, device="cpu")
+    assert report(on_cpu)["int4 decode"] == "on: the bundled model's Q4_1 layers are exactly 4-bit"
+    assert report(with_model(on_cpu, int4="off"))["int4 decode"] == "off ([model] int4)"
+    assert describe("auto", "/models/qwen", "cpu", "auto").startswith("auto: on at load if every layer")
+    assert describe("on", "/models/qwen", "cpu", "float32").startswith("on: decode steps read every layer quantized")
+    assert describe("auto", "", "cuda", "auto") == "off on cuda (a CPU kernel only)"
+    assert describe("on", "", "cpu", "bfloat16") == "off: needs float32 weights, [model] dtype is bfloat16"
 
 
 def test_growing_cache_never_writes_what_it_handed_out(tiny_model: TinyFactory) -> None:
