@@ -19,7 +19,7 @@ from agent.llm.prefixcache import PrefixCache
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_llm_adapters import make_lora
-from tests.llm.test_llm_loading import with_model
+from tests.llm.test_llm_loading import tiny_model_dir, with_model
 
 
 def route(names: Sequence[str]) -> Any:
@@ -119,9 +119,7 @@ def test_int4_setting_is_checked() -> None:
 
 def test_loading_says_when_decode_reads_packed_layers(tiny_model: TinyFactory, tokenizer: Any, settings: Settings,
                                                       tmp_path: Path) -> None:
-    folder = tmp_path / "tiny"
-    tiny_model(0).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    folder = tiny_model_dir(tiny_model, tokenizer, tmp_path / "tiny")
     messages: list[str] = []
     llm = TransformersLLM.from_settings(with_model(settings, path=str(folder), int4="on"), progress=messages.append)
     assert llm.int4 is not None and "4-bit packed layers (quantized" in messages[-1]

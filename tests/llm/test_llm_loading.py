@@ -76,11 +76,16 @@ def test_a_truncated_gguf_is_a_model_load_error_and_leaves_no_cache(settings: Se
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
 
 
-def test_a_corrupt_safetensors_file_is_a_model_load_error(tiny_model: TinyFactory, tokenizer: Any,
-                                                          settings: Settings, tmp_path: Path) -> None:
-    folder = tmp_path / "tiny"
+def tiny_model_dir(tiny_model: TinyFactory, tokenizer: Any, folder: Path) -> Path:
+    """A Hugging Face model directory holding tiny_model(0) and the bundled tokenizer."""
     tiny_model(0).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_a_corrupt_safetensors_file_is_a_model_load_error(tiny_model: TinyFactory, tokenizer: Any,
+                                                          settings: Settings, tmp_path: Path) -> None:
+    folder = tiny_model_dir(tiny_model, tokenizer, tmp_path / "tiny")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match=f"could not load the model from {folder}"):
@@ -89,9 +94,7 @@ def test_a_corrupt_safetensors_file_is_a_model_load_error(tiny_model: TinyFactor
 
 def test_a_model_directory_loads_with_progress(tiny_model: TinyFactory, tokenizer: Any, settings: Settings,
                                                tmp_path: Path) -> None:
-    folder = tmp_path / "tiny"
-    tiny_model(0).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    folder = tiny_model_dir(tiny_model, tokenizer, tmp_path / "tiny")
     messages: list[str] = []
     llm = TransformersLLM.from_settings(with_model(settings, path=str(folder)), progress=messages.append)
     assert any("loading weights" in m for m in messages) and "model ready" in messages[-1]
