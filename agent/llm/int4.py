@@ -101,20 +101,14 @@ class Int4Decode:
         finally:
             self._local.on = before
 
-    @property
-    def nbytes(self) -> int:
-        return sum(m._metagent_int4.weight.numel() + m._metagent_int4.scales_zeros.numel() * 2
-                   for m in self.layers.values())
-
 
 def describe(mode: Mode, model_path: str, device: str, dtype: str) -> str:
     """What `mode` will do for this model, without loading it (`metagent doctor`); device: "cpu" or "cuda"."""
     import torch
 
-    ops = torch.ops.aten
     if mode == "off":
         return "off ([model] int4)"
-    if not hasattr(ops, "_weight_int4pack_mm_for_cpu"):
+    if not _kernel_available():
         return f"unavailable: torch {torch.__version__} has no _weight_int4pack_mm_for_cpu"
     if device != "cpu":
         return f"off on {device} (a CPU kernel only)"
@@ -166,11 +160,17 @@ def _make_forward(owner: Int4Decode) -> Any:
     return forward
 
 
-def _supported(model: Any) -> bool:
+def _kernel_available() -> bool:
     import torch
 
     ops = torch.ops.aten
-    if not (hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")):
+    return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")
+
+
+def _supported(model: Any) -> bool:
+    import torch
+
+    if not _kernel_available():
         return False
     parameter = next(model.parameters(), None)
     return parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.float32
