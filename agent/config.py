@@ -67,6 +67,10 @@ class ModelSettings(_Section):
         "auto", description="CPU decode steps read 4-bit packed weights: auto = only when the weights are exactly "
         "4-bit (a Q4_1 GGUF such as the bundled model), on = any model (quantizes), off = never"
     )
+    lean_decode: bool = Field(
+        True, description="decode steps of Llama-family models (llama, mistral, qwen2) run a lean forward with "
+        "fused products instead of transformers' (same results up to rounding); false = transformers' forward"
+    )
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
     backend: Literal["transformers", "openai"] = Field(

@@ -31,6 +31,8 @@ copy under benchmarks/results/:
     agent/data/general_set.jsonl fed one token per decode step after their prompt, with the packed layers and
     with the float32 weights: mean negative log-likelihood per reply token, and how often the two steps' argmax
     agree. With --int4 auto/on, the throughput table adds the same engine runs with the float32 weights.
+  - where the model has the lean decode step ([model] lean_decode, agent/llm/leanstep.py), the throughput
+    table adds the same engine runs with decode steps through transformers' forward.
 
 The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
 
@@ -104,9 +106,12 @@ def main() -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     llm = load(args.shape, args.int4)
+    mask_stop_tokens(llm)
     device = str(llm.model.device)
     int4 = "off" if llm.int4 is None else ("on, exact 4-bit weights" if llm.int4.exact else "on, quantized")
-    print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}), torch threads {torch.get_num_threads()}, "
+    lean = "on" if llm.lean is not None else "off"
+    print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}, lean decode step {lean}), "
+          f"torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
     rows: list[dict[str, Any]] = []
     if "throughput" in parts:
@@ -114,7 +119,8 @@ def main() -> dict[str, Any]:
     first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
     switch = adapter_switch(llm, args.rounds) if "adapter-switch" in parts else []
     fidelity = int4_fidelity(llm) if "int4-fidelity" in parts else {}
-    return {"shape": args.shape, "device": device, "int4": int4, "new_tokens": args.new_tokens, "rounds": args.rounds,
+    return {"shape": args.shape, "device": device, "int4": int4, "lean_decode": lean, "new_tokens": args.new_tokens,
+            "rounds": args.rounds,
             "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
             "time_to_first_token": first_token, "adapter_switch": switch, "int4_fidelity": fidelity}
 
@@ -158,6 +164,19 @@ def mask_stop_tokens(llm: Any) -> None:
         output.logits[..., stop] = float("-inf")
 
     llm.model.register_forward_hook(hook)
+    from agent.llm.leanstep import LeanDecode
+
+    if not getattr(LeanDecode.step, "masks_stop_tokens", False):  # the lean step does not call the model's forward
+        lean_step = LeanDecode.step
+
+        def masked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            logits = lean_step(self, *args, **kwargs)
+            if logits is not None:
+                logits[..., stop] = float("-inf")
+            return logits
+
+        masked.masks_stop_tokens = True  # type: ignore[attr-defined]
+        LeanDecode.step = masked  # type: ignore[method-assign]
 
 
 def request(index: int, new_tokens: int, adapter: str | None = None, tools: bool = False) -> Any:
@@ -213,6 +232,16 @@ class Bench:
             for count in (c for c in sessions if c > 1):
                 runs.append((f"engine, {count} concurrent sessions, int4 off",
                              partial(self.engine, plain, [request(i, n) for i in range(count)])))
+        if self.llm.lean is not None:  # the same engine, decode steps through transformers' forward
+            from agent.llm.engine import TransformersLLM
+
+            hf = TransformersLLM(self.llm.model, self.llm.tokenizer, name=self.llm.name, prefix_cache_mb=0,
+                                 int4="off" if self.llm.int4 is None else "on", lean_decode=False)
+            runs.append(("engine, 1 session, transformers' forward (lean_decode off)",
+                         lambda: self.engine(hf, [request(0, n)])))
+            for count in (c for c in sessions if c > 1):
+                runs.append((f"engine, {count} concurrent sessions, transformers' forward",
+                             partial(self.engine, hf, [request(i, n) for i in range(count)])))
         if adapters:
             runs += self.adapter_runs(adapters, folder)
         return runs
@@ -441,9 +470,10 @@ def int4_fidelity(llm: Any) -> dict[str, Any]:
         for mode in nll:
             batch, logits = KVBatch.prefill(llm.model, prompt_ids, route, "__base__")
             seq = [logits]
-            for token in answer[:-1]:
+            for token in answer[:-1]:  # packed: as the engine decodes (lean step where the model has one)
                 with llm.int4.active() if mode == "int4" else contextlib.nullcontext():
-                    seq.append(batch.step([token], route, ["__base__"])[0])
+                    lean = llm.lean if mode == "int4" else None
+                    seq.append(batch.step([token], route, ["__base__"], lean)[0])
             nll[mode] += [-float(torch.log_softmax(x, -1)[t]) for x, t in zip(seq, answer, strict=True)]
             chosen[mode] = [int(x.argmax()) for x in seq[1:]]
         agree += sum(a == b for a, b in zip(chosen["float32"], chosen["int4"], strict=True))

@@ -33,11 +33,13 @@ from agent.llm.decoding import forward_arguments
 if TYPE_CHECKING:
     import torch
 
+    from agent.llm.leanstep import LeanDecode
     from agent.llm.prefixcache import Hit
 
 _SPARE_MIN = 64  # positions of room added at each reallocation, at least; plus an eighth of the length
 
-# Runs one forward with these adapter names, one per row ("__base__" = no adapter).
+# Runs one forward with these adapter names, one per row ("__base__" = no adapter); yields the LoRA router
+# (lorarouter.LoraRouter) or None when no adapter is loaded.
 Route = Callable[[Sequence[str]], AbstractContextManager[Any]]
 
 
@@ -99,19 +101,26 @@ class KVBatch:
         self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(other.mask, length, 1)])
         self.positions = torch.cat([self.positions, other.positions])
 
-    def step(self, tokens: Sequence[int], route: Route, adapters: Sequence[str]) -> Any:
-        """Feed each row its last token; the next-token logits, [B, vocab] float32 on the CPU."""
+    def step(self, tokens: Sequence[int], route: Route, adapters: Sequence[str],
+             lean: LeanDecode | None = None) -> Any:
+        """Feed each row its last token; the next-token logits, [B, vocab] float32 on the CPU.
+
+        With `lean`, the step runs leanstep.LeanDecode where it applies, else transformers' forward.
+        """
         import torch
 
         device = self.mask.device
-        ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+        ids = torch.tensor(list(tokens), dtype=torch.long, device=device)
         self.mask = torch.cat([self.mask, torch.ones((self.size, 1), dtype=torch.long, device=device)], dim=1)
-        extra = forward_arguments(self._model, self.cache)
-        with torch.inference_mode(), route(adapters):
-            out = self._model(input_ids=ids, attention_mask=self.mask, position_ids=self.positions[:, None],
-                              use_cache=True, **extra)
+        with torch.inference_mode(), route(adapters) as router:
+            logits = lean.step(self, ids, router) if lean is not None and self.mergeable else None
+            if logits is None:
+                out = self._model(input_ids=ids[:, None], attention_mask=self.mask,
+                                  position_ids=self.positions[:, None], use_cache=True,
+                                  **forward_arguments(self._model, self.cache))
+                logits = out.logits[:, -1]
         self.positions = self.positions + 1
-        return _host(out.logits[:, -1])
+        return _host(logits)
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows (in this order), and drop padding columns no remaining row needs."""

@@ -36,6 +36,7 @@ from agent.errors import ConfigError, LLMError
 from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
 from agent.llm.int4 import Int4Decode, Mode
+from agent.llm.leanstep import LeanDecode
 from agent.llm.loading import Progress, load_model
 from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
@@ -57,7 +58,7 @@ class TransformersLLM:
 
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
                  constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256,
-                 int4: Mode = "auto") -> None:
+                 int4: Mode = "auto", lean_decode: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -72,7 +73,8 @@ class TransformersLLM:
         prefix = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
         self.int4 = Int4Decode.prepare(model, int4)  # None: decode reads the weights as loaded
         decoding = self.int4.active if self.int4 is not None else nullcontext
-        self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding)
+        self.lean = LeanDecode.build(model, self.int4) if lean_decode else None  # None: transformers' forward
+        self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding, lean=self.lean)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -80,7 +82,8 @@ class TransformersLLM:
                       adapters: Mapping[str, Path] | None = None) -> TransformersLLM:
         loaded = load_model(settings, progress)
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
-                  name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4)
+                  name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4,
+                  lean_decode=settings.model.lean_decode)
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
         if progress is not None and llm.int4 is not None:

@@ -81,8 +81,8 @@ class LoraRouter:
                 self._stacks[id(layer)] = stack
 
     @contextmanager
-    def route(self, names: Sequence[str]) -> Iterator[None]:
-        """Run the forward inside with row i under adapter names[i] (BASE for none)."""
+    def route(self, names: Sequence[str]) -> Iterator[LoraRouter]:
+        """Run the forward inside with row i under adapter names[i] (BASE for none); yields this router."""
         if all(n == BASE or n in self._slots for n in names):
             self._names = [BASE] * len(names)
             slots = [self._slots.get(n, 0) for n in names]
@@ -90,9 +90,19 @@ class LoraRouter:
         else:
             self._names, self._rows = list(names), None
         try:
-            yield
+            yield self
         finally:
             self._names, self._rows, self._rows_tensor, self._mask = None, None, None, None
+
+    @property
+    def serves_all(self) -> bool:
+        """Inside `route`: every row's adapter is served by this router's stacks (PEFT computes only the base)."""
+        return self._names is not None and all(n == BASE for n in self._names)
+
+    @property
+    def has_lora_rows(self) -> bool:
+        """Inside `route`: some row has an adapter whose LoRA product this router adds."""
+        return self._rows is not None
 
     def _before(self, module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         if self._names is None:
@@ -101,12 +111,17 @@ class LoraRouter:
         return args, kwargs
 
     def _after(self, module: Any, args: Any, output: Any) -> Any:
+        delta = self.delta(module, args[0])
+        return None if delta is None else output + delta.to(output.dtype)
+
+    def delta(self, module: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """What the routed rows' adapters add to LoRA layer `module`'s output for input `x`; None: nothing."""
         stack = self._stacks.get(id(module)) if self._rows is not None else None
         if stack is None:
             return None
         import torch
 
-        x = args[0].to(stack.a.dtype)
+        x = x.to(stack.a.dtype)
         if isinstance(self._rows, int):
             k = self._rows
             delta = (x @ stack.a[k].T) @ stack.b[k].T * stack.scale[k]
@@ -117,7 +132,7 @@ class LoraRouter:
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
             delta = torch.bmm(torch.bmm(flat, stack.a[rows].transpose(1, 2)), stack.b[rows].transpose(1, 2))
             delta = (delta * stack.scale[rows][:, None, None]).reshape(*x.shape[:-1], -1)
-        return output + delta.to(output.dtype)
+        return delta
 
     def _row_tensor(self, x: torch.Tensor) -> torch.Tensor:
         import torch

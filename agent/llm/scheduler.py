@@ -37,6 +37,8 @@ from agent.llm.prefixcache import PrefixCache
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from agent.llm.leanstep import LeanDecode
+
 DEFAULT_MAX_BATCH = 8
 EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
 
@@ -84,8 +86,10 @@ class Scheduler:
 
     def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH,
                  prefix: PrefixCache | None = None,
-                 decoding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+                 decoding: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                 lean: LeanDecode | None = None) -> None:
         self._model = model
+        self._lean = lean  # the lean decode step (leanstep.py), where the model has one
         self._decoding = decoding  # wraps every batched decode forward (int4.Int4Decode.active)
         self._lora = lora
         self.max_batch = max_batch
@@ -190,7 +194,7 @@ class Scheduler:
         try:
             with self._decoding():
                 logits = self._batch.step([r.last for r in self._rows], self._lora.route,
-                                          [r.adapter for r in self._rows])
+                                          [r.adapter for r in self._rows], self._lean)
         except Exception as e:
             for row in self._rows:
                 row.job.events.put(_model_error(e, f"a batch of {len(self._rows)} requests"))

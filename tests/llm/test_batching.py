@@ -29,7 +29,11 @@ WAIT_S = 60.0
 
 
 class Gate:
-    """Blocks the decode thread at the start of the forwards numbered in `stops` (0 = the first forward)."""
+    """Blocks the decode thread at the start of the forwards numbered in `stops` (0 = the first forward).
+
+    Forwards are the model's own (prefills, decode steps through transformers) and the lean decode steps
+    (leanstep.py), which do not call the model.
+    """
 
     def __init__(self, llm: TransformersLLM, stops: Sequence[int]) -> None:
         self._llm = llm
@@ -38,6 +42,15 @@ class Gate:
         self._held = threading.Event()
         self._open = threading.Event()
         self._handle = llm.model.register_forward_pre_hook(self._hook)
+        lean = llm.lean
+        if lean is not None:
+            step = lean.step
+
+            def gated(*args: Any) -> Any:
+                self._hook(None, args)
+                return step(*args)
+
+            lean.step = gated  # type: ignore[method-assign]  # this engine's lean step only
 
     def _hook(self, module: Any, args: Any) -> None:
         index, self._count = self._count, self._count + 1
@@ -63,6 +76,8 @@ class Gate:
         self._stops.clear()
         self._open.set()
         self._handle.remove()
+        if self._llm.lean is not None:
+            vars(self._llm.lean).pop("step", None)
 
 
 def ask(text: str, max_new_tokens: int = 12, **kwargs: Any) -> LLMRequest:

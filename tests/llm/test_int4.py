@@ -86,16 +86,21 @@ def test_packed_layers_compute_the_float_product_only_when_active(tiny_model: Ti
         assert torch.equal(layer(x), functional.linear(x, layer.weight))
 
 
-def test_int4_decode_rows_do_not_depend_on_their_batch(tiny_model: TinyFactory, tokenizer: Any) -> None:
-    llm = TransformersLLM(four_bit(tiny_model(0)), tokenizer, constrained=False, prefix_cache_mb=0)
+@pytest.mark.parametrize("lean", [False, True])
+def test_int4_decode_rows_do_not_depend_on_their_batch(tiny_model: TinyFactory, tokenizer: Any, lean: bool) -> None:
+    llm = TransformersLLM(four_bit(tiny_model(0)), tokenizer, constrained=False, prefix_cache_mb=0, lean_decode=lean)
     assert llm.int4 is not None and llm.int4.exact
+
+    def packed_work() -> int:  # decode steps through the packed weights: the layers' own, or the lean step's
+        return llm.lean.steps if llm.lean is not None and llm.lean.packed else llm.int4.packed_calls  # type: ignore
+
     first = [ask("Hi."), ask("Tell me a long story about the sea, please.", 20), ask("2+2?", 6)]
     late = [ask("Write a detailed essay about lighthouses and the storms they saw. " * 2, 10), ask("Yo.", 14)]
     alone = [llm.complete(r) for r in [*first, *late]]
-    calls = llm.int4.packed_calls
-    assert calls > 0  # decode steps went through the packed weights
+    done = packed_work()
+    assert done > 0
     assert texts(batched(llm, first, late)) == texts(alone)
-    assert llm.int4.packed_calls > calls
+    assert packed_work() > done
 
 
 def test_int4_decode_with_adapters_in_one_batch(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:

@@ -1,0 +1,240 @@
+"""LeanDecode: one decode step of a Llama-family model as a flat loop of tensor ops, not transformers' forward.
+
+A decode step feeds each row one token. transformers' forward is written for any shape: per step it builds
+masks and position embeddings through generic helpers, calls ~400 modules through `nn.Module.__call__`, and
+runs q, k, v (and gate, up) as separate products. On CPU at one row that glue costs about as much as the
+weights: of the bundled model's 59 ms step, 18 ms is Python and small ops. This step does the same arithmetic
+with less around it:
+
+- q, k and v are one product, and so are gate and up: with 4-bit weights (int4.py), one packed matrix each;
+- rotary embedding is computed once per step and applied to q and k together, as two multiplies and a flip;
+- attention is one `scaled_dot_product_attention` over the growing KV
+  cache (batching.GrowingLayer), with the query heads of a key/value head grouped along the query axis (GQA
+  without repeating keys); no mask for one row, a padding mask for several.
+
+It reads the cache, mask and positions of a `KVBatch` and updates them exactly as transformers' forward does,
+so prefill (transformers), merges, row drops and the prefix cache are unchanged, and a step can go either way.
+
+Supported: `llama`, `mistral` and `qwen2` models (Llama's decoder layer, biases allowed) with SiLU MLPs,
+full attention in every layer, and a static rotary table (default, linear, llama3 or yarn scaling; not
+dynamic or longrope). Anything else runs transformers' forward. So does a step whose adapters the router
+cannot serve itself (LoRA on embeddings, LoRA bias: PEFT's own path); plain LoRA adapters are added per row
+from the router's stacks, as in the transformers path.
+
+The output matches transformers' forward up to rounding: the same operations in the same order except the
+rotary flip, the fused products and the grouped attention (tests compare logits with transformers').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.llm.int4 import GROUP, Int4Decode, Packed, pack
+
+if TYPE_CHECKING:
+    import torch
+
+    from agent.llm.batching import KVBatch
+    from agent.llm.lorarouter import LoraRouter
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+@dataclass
+class _Product:
+    """Linear layers that read the same input, computed as one product; outputs side by side."""
+
+    parents: list[tuple[Any, str]]  # (module, attribute) where each Linear sits: PEFT may wrap it there later
+    linears: list[Any]  # the Linear layers themselves (PEFT keeps them as its wrappers' base_layer)
+    sizes: list[int]
+    bias: Any  # the biases side by side, or None
+    packed: Packed | None  # every layer's weight as one int4 matrix, or None (float weights)
+    versions: list[int]  # each weight's `_version` when packed: a later in-place change reads float again
+
+    def __call__(self, x: torch.Tensor, router: LoraRouter | None) -> torch.Tensor:
+        import torch
+        from torch.nn import functional
+
+        out: torch.Tensor
+        packed = self.packed
+        if packed is not None and x.device.type == "cpu" and all(
+                linear.weight._version == v for linear, v in zip(self.linears, self.versions, strict=True)):
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed.weight, GROUP,
+                                                             packed.scales_zeros).to(x.dtype)
+            if self.bias is not None:
+                out = out + self.bias
+        elif len(self.linears) == 1:
+            out = functional.linear(x, self.linears[0].weight, self.linears[0].bias)
+        else:
+            out = torch.cat([functional.linear(x, linear.weight, linear.bias) for linear in self.linears], dim=-1)
+        if router is not None and router.has_lora_rows:
+            start = 0
+            for (parent, name), linear, size in zip(self.parents, self.linears, self.sizes, strict=True):
+                wrapper = getattr(parent, name)
+                if wrapper is not linear:
+                    delta = router.delta(wrapper, x)
+                    if delta is not None:
+                        out[..., start:start + size] += delta.to(out.dtype)
+                start += size
+        return out
+
+
+@dataclass
+class _Layer:
+    norm_in: Any
+    qkv: _Product
+    o: _Product
+    norm_post: Any
+    gate_up: _Product
+    down: _Product
+
+
+class LeanDecode:
+    """The decode step of one model (built once per engine); `step` returns None where it does not apply."""
+
+    def __init__(self, model: Any, layers: list[_Layer], packed: bool) -> None:
+        config = model.config
+        self._embed = model.get_input_embeddings()
+        self._head = model.get_output_embeddings()
+        self._norm = model.model.norm
+        self._eps = float(self._norm.variance_epsilon)
+        rotary = model.model.rotary_emb
+        self._inv_freq = rotary.inv_freq
+        self._rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        attention = model.model.layers[0].self_attn
+        self._scaling = float(attention.scaling)
+        self._dim = int(attention.head_dim)
+        self._heads = int(config.num_attention_heads)
+        self._kv_heads = int(config.num_key_value_heads)
+        self._layers = layers
+        self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
+        self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
+
+    @classmethod
+    def build(cls, model: Any, int4: Int4Decode | None) -> LeanDecode | None:
+        """The lean step for `model`, or None when its architecture is not one this step reproduces."""
+        if not supports(model):
+            return None
+        layers = []
+        for block in model.model.layers:
+            attention, mlp = block.self_attn, block.mlp
+            layers.append(_Layer(
+                norm_in=block.input_layernorm,
+                qkv=_product([(attention, "q_proj"), (attention, "k_proj"), (attention, "v_proj")], int4),
+                o=_product([(attention, "o_proj")], int4),
+                norm_post=block.post_attention_layernorm,
+                gate_up=_product([(mlp, "gate_proj"), (mlp, "up_proj")], int4),
+                down=_product([(mlp, "down_proj")], int4),
+            ))
+        return cls(model, layers, packed=int4 is not None)
+
+    def step(self, batch: KVBatch, ids: torch.Tensor, router: LoraRouter | None) -> torch.Tensor | None:
+        """Feed row i the token ids[i] ([B] long): the last position's logits [B, vocab] in the model's dtype.
+
+        Call after `batch.mask` has the new column and before `batch.positions` moves on, inside the router's
+        `route` for these rows. None (nothing changed) when a router is given that cannot serve the rows.
+        """
+        from torch.nn import functional
+
+        if router is not None and not router.serves_all:
+            return None
+        cache_layers = batch.cache.layers
+        rows = int(ids.shape[0])
+        x = functional.embedding(ids, self._embed.weight)  # [B, D]
+        cos, sin = self._rope(batch.positions, x.dtype)
+        mask = batch.mask.bool()[:, None, None, :] if rows > 1 else None
+        heads, kv_heads, dim = self._heads, self._kv_heads, self._dim
+        groups, split = heads // kv_heads, (heads + kv_heads) * dim
+        for layer, cached in zip(self._layers, cache_layers, strict=True):
+            h = _rms_norm(x, layer.norm_in.weight, layer.norm_in.variance_epsilon)
+            qkv = layer.qkv(h, router)
+            qk = qkv[:, :split].view(rows, heads + kv_heads, dim)
+            qk = qk * cos + qk.view(rows, heads + kv_heads, 2, dim // 2).flip(-2).view(qk.shape) * sin
+            keys, values = cached.update(qk[:, heads:, None, :], qkv[:, split:].view(rows, kv_heads, 1, dim))
+            query = qk[:, :heads].view(rows, kv_heads, groups, dim)
+            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
+                                                               scale=self._scaling)
+            x = x + layer.o(attended.reshape(rows, heads * dim), router)
+            h = _rms_norm(x, layer.norm_post.weight, layer.norm_post.variance_epsilon)
+            gate, up = layer.gate_up(h, router).chunk(2, dim=-1)
+            x = x + layer.down(functional.silu(gate) * up, router)
+        x = _rms_norm(x, self._norm.weight, self._eps)
+        self.steps += 1
+        return functional.linear(x, self._head.weight, getattr(self._head, "bias", None))
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin, [B, 1, dim]: x*cos + flip_halves(x)*sin is transformers' rotary embedding."""
+        import torch
+
+        freqs = positions[:, None].float() * self._inv_freq.float()[None, :]  # [B, dim/2]
+        cos = freqs.cos() * self._rope_scale
+        sin = freqs.sin() * self._rope_scale
+        cos = torch.cat([cos, cos], dim=-1)
+        sin = torch.cat([-sin, sin], dim=-1)  # rotate_half(x) = cat(-x2, x1) = flip_halves(x) * (-1, +1)
+        return cos.to(dtype)[:, None, :], sin.to(dtype)[:, None, :]
+
+
+def supports(model: Any) -> bool:
+    """Whether `model` is a Llama-family decoder this step computes exactly (see the module docstring)."""
+    from torch import nn
+
+    config = getattr(model, "config", None)
+    inner = getattr(model, "model", None)
+    if config is None or inner is None or getattr(config, "model_type", None) not in SUPPORTED:
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "sliding_window", None) and getattr(
+            config, "use_sliding_window", True):
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+        return False
+    rotary = getattr(inner, "rotary_emb", None)
+    if rotary is None or getattr(rotary, "rope_type", "default") not in _STATIC_ROPE:
+        return False
+    if not isinstance(model.get_output_embeddings(), nn.Linear):
+        return False
+    for block in getattr(inner, "layers", []):
+        attention, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+        names = [(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+        if any(type(getattr(parent, n, None)) is not nn.Linear for parent, n in names):
+            return False
+        if not all(_is_rms_norm(getattr(block, n, None)) for n in ("input_layernorm", "post_attention_layernorm")):
+            return False
+    return _is_rms_norm(getattr(inner, "norm", None))
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama RMSNorm, op for op (torch's fused `rms_norm` is slower on CPU at one row)."""
+    import torch
+
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _is_rms_norm(module: Any) -> bool:
+    """transformers' Llama-style RMSNorm (weight * normalized, no offset), the only norm this step computes."""
+    return type(module).__name__ in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm") and hasattr(
+        module, "variance_epsilon")
+
+
+def _product(parents: list[tuple[Any, str]], int4: Int4Decode | None) -> _Product:
+    import torch
+
+    linears = [getattr(parent, name) for parent, name in parents]
+    sizes = [int(linear.out_features) for linear in linears]
+    biases = [linear.bias for linear in linears]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
+                          for b, linear in zip(biases, linears, strict=True)])
+    packed = None
+    if int4 is not None and all(linear in int4.layers.values() for linear in linears):
+        if len(linears) == 1:
+            packed = linears[0]._metagent_int4  # the layer's own packing, shared with int4.Int4Decode
+        else:
+            packed, _ = pack(torch.cat([linear.weight.detach() for linear in linears]))
+    versions = [int(linear.weight._version) for linear in linears]
+    return _Product(parents, linears, sizes, bias, packed, versions)

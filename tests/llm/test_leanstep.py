@@ -1,0 +1,211 @@
+"""The lean decode step (agent/llm/leanstep.py) computes what transformers' forward computes, and steps aside
+where it cannot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from agent.config import ModelSettings
+from agent.llm.batching import KVBatch, Route
+from agent.llm.engine import TransformersLLM
+from agent.llm.int4 import Int4Decode
+from agent.llm.leanstep import LeanDecode, supports
+from agent.llm.lorarouter import BASE
+from tests.llm.conftest import TinyFactory
+from tests.llm.test_batching import ask, batched, texts
+from tests.llm.test_int4 import four_bit
+from tests.llm.test_llm_adapters import make_lora
+
+PROMPTS = [list(range(300, 341)), list(range(500, 507)), list(range(900, 922))]  # different lengths: padding
+
+
+def no_adapters(names: Sequence[str]) -> Any:
+    return nullcontext()
+
+
+def twin_steps(model: Any, lean: LeanDecode, route: Route = no_adapters, adapters: Sequence[str] = (BASE,) * 3,
+               steps: int = 6, decoding: Any = nullcontext) -> Iterator[tuple[Any, Any]]:
+    """The same rows merged into two batches, stepped together: (lean logits, transformers logits) per step.
+
+    Row 0 leaves after the third step, so later steps run on a batch that dropped a row and trimmed padding.
+    """
+    def merged() -> KVBatch:
+        batch: KVBatch | None = None
+        for prompt, adapter in zip(PROMPTS, adapters, strict=True):
+            piece, _ = KVBatch.prefill(model, prompt, route, adapter)
+            if batch is None:
+                batch = piece
+            else:
+                batch.merge(piece)
+        assert batch is not None
+        return batch
+
+    fast, slow = merged(), merged()
+    names, tokens = list(adapters), [7] * len(adapters)
+    for index in range(steps):
+        with decoding():
+            before = lean.steps
+            mine = fast.step(tokens, route, names, lean)
+            assert lean.steps == before + 1  # the lean step ran, not transformers' forward
+            theirs = slow.step(tokens, route, names)
+        yield mine, theirs
+        tokens = [int(t) for t in theirs.argmax(-1)]
+        if index == 2:
+            fast.keep([1, 2])
+            slow.keep([1, 2])
+            names, tokens = names[1:], tokens[1:]
+
+
+def assert_close(mine: Any, theirs: Any, relative: float) -> None:
+    import torch
+
+    scale = float(theirs.abs().max())
+    assert mine.shape == theirs.shape and mine.dtype == theirs.dtype == torch.float32
+    assert float((mine - theirs).abs().max()) <= relative * scale
+
+
+def test_lean_step_computes_what_transformers_computes(tiny_model: TinyFactory) -> None:
+    model = tiny_model(3)
+    lean = LeanDecode.build(model, None)
+    assert lean is not None and not lean.packed
+    pairs = list(twin_steps(model, lean))
+    for mine, theirs in pairs:
+        assert_close(mine, theirs, 1e-5)
+    assert [tuple(m.shape) for m, _ in pairs] == [(3, 49152)] * 3 + [(2, 49152)] * 3
+
+
+def test_lean_step_on_one_row_and_far_into_the_context(tiny_model: TinyFactory) -> None:
+    model = tiny_model(4)
+    lean = LeanDecode.build(model, None)
+    assert lean is not None
+    fast, _ = KVBatch.prefill(model, list(range(1000, 1500)), no_adapters, BASE)
+    slow, _ = KVBatch.prefill(model, list(range(1000, 1500)), no_adapters, BASE)
+    token = 3
+    for _ in range(80):  # past the growing cache's first spare room (64 positions): the buffer moves
+        mine = fast.step([token], no_adapters, [BASE], lean)
+        theirs = slow.step([token], no_adapters, [BASE])
+        assert_close(mine, theirs, 1e-5)
+        token = int(theirs.argmax())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_qwen2_biases_are_added(packed: bool) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(5)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.copy_(torch.randn_like(parameter))  # q, k, v biases; zero at init would hide a miss
+    int4 = Int4Decode.prepare(four_bit(model), "auto") if packed else None
+    lean = LeanDecode.build(model, int4)
+    assert lean is not None and lean.packed == packed
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    for mine, theirs in twin_steps(model, lean, decoding=int4.active if int4 else nullcontext):
+        assert_close(mine, theirs, 1e-3 if packed else 1e-5)
+
+
+def test_fused_four_bit_products_match_the_packed_layers(tiny_model: TinyFactory) -> None:
+    model = four_bit(tiny_model(0))
+    int4 = Int4Decode.prepare(model, "auto")
+    assert int4 is not None
+    lean = LeanDecode.build(model, int4)
+    assert lean is not None and lean.packed
+    # both sides read 4-bit weights with bfloat16 activations: q, k, v (and gate, up) fused in one product or not
+    for mine, theirs in twin_steps(model, lean, decoding=int4.active):
+        assert_close(mine, theirs, 1e-3)
+
+
+def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory) -> None:
+    import torch
+    from torch.nn import functional
+
+    model = four_bit(tiny_model(0))
+    int4 = Int4Decode.prepare(model, "auto")
+    lean = LeanDecode.build(model, int4)
+    assert lean is not None
+    attention = model.model.layers[0].self_attn
+    product = lean._layers[0].qkv
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        attention.k_proj.weight.mul_(3)
+    expected = torch.cat([functional.linear(x, attention.q_proj.weight), functional.linear(x, attention.k_proj.weight),
+                          functional.linear(x, attention.v_proj.weight)], dim=-1)
+    assert torch.equal(product(x, None), expected)
+
+
+def test_mixed_adapter_rows_get_their_own_lora(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
+    paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
+             "two": make_lora(tiny_model, tmp_path / "two", seed=2)}
+    llm = TransformersLLM(tiny_model(0), tokenizer, adapters=paths, constrained=False, int4="off")
+    assert llm.lean is not None
+    lora = llm._lora
+    names = [BASE, lora.resolve("one"), lora.resolve("two")]
+    pairs = list(twin_steps(llm.model, llm.lean, lora.route, names))
+    for mine, theirs in pairs:
+        assert_close(mine, theirs, 1e-5)
+    base_only = next(twin_steps(llm.model, llm.lean, lora.route, [BASE] * 3))[0]
+    assert float((pairs[0][0][1] - base_only[1]).abs().max()) > 1e-3  # the adapter rows did change
+
+
+def test_adapters_the_router_cannot_serve_take_transformers_forward(tiny_model: TinyFactory, tokenizer: Any,
+                                                                   tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model(0), LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                parameter.copy_(torch.randn_like(parameter))
+    peft_model.save_pretrained(str(tmp_path / "emb"))
+    llm = TransformersLLM(tiny_model(0), tokenizer, adapters={"emb": tmp_path / "emb"}, constrained=False)
+    assert llm.lean is not None
+    internal = llm._lora.resolve("emb")
+    batch, _ = KVBatch.prefill(llm.model, PROMPTS[0], llm._lora.route, internal)
+    reference, _ = KVBatch.prefill(llm.model, PROMPTS[0], llm._lora.route, internal)
+    before = llm.lean.steps
+    mine = batch.step([7], llm._lora.route, [internal], llm.lean)
+    assert llm.lean.steps == before  # LoRA on the embedding: PEFT's own path, through transformers' forward
+    assert torch.equal(mine, reference.step([7], llm._lora.route, [internal]))
+
+
+def test_engine_replies_are_the_same_with_and_without_the_lean_step(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    lean = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
+    plain = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0, lean_decode=False)
+    assert lean.lean is not None and plain.lean is None
+    requests = [ask("Hi.", 16), ask("Tell me a long story about the sea, please.", 20), ask("2+2?", 8)]
+    alone = [plain.complete(r) for r in requests]
+    steps = lean.lean.steps
+    assert texts(batched(lean, requests)) == texts(alone)
+    assert lean.lean.steps > steps
+
+
+def test_models_it_does_not_reproduce_are_left_to_transformers(tiny_model: TinyFactory) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    assert supports(tiny_model(0))
+    small = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 4, "num_key_value_heads": 2}
+    dynamic = LlamaForCausalLM(LlamaConfig(**small, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                       "rope_theta": 10000.0}))
+    assert not supports(dynamic)  # its rotary table changes with the length
+    assert not supports(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
+    assert LeanDecode.build(Qwen3ForCausalLM(Qwen3Config(**small)), None) is None  # q/k norms: not Llama's layer
+
+
+def test_lean_decode_setting() -> None:
+    assert ModelSettings().lean_decode is True
+    assert ModelSettings(lean_decode=False).lean_decode is False
+    with pytest.raises(ValidationError, match="lean_decode"):
+        ModelSettings(lean_decode="sometimes")  # type: ignore[arg-type]
