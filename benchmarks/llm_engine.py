@@ -535,11 +535,12 @@ def roofline(model: Any, rate: float) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n| {'run (median of the rounds)':48s} | tok/s | range | x generate b1 | ms/step |")
-    print(f"| {'-' * 48} | ---: | ---: | ---: | ---: |")
+    width = max(len("run (median of the rounds)"), *(len(row["name"]) for row in rows))
+    print(f"\n| {'run (median of the rounds)':{width}s} | tok/s | range | x generate b1 | ms/step |")
+    print(f"| {'-' * width} | ---: | ---: | ---: | ---: |")
     for row in rows:
         low, high = row["tok_s_range"]
-        print(f"| {row['name']:48s} | {row['tok_s']:.1f} | {low:.1f}-{high:.1f} | {row['x_generate_b1']:.2f} | "
+        print(f"| {row['name']:{width}s} | {row['tok_s']:.1f} | {low:.1f}-{high:.1f} | {row['x_generate_b1']:.2f} | "
               f"{row.get('ms_per_step', '')} |")
 
 

@@ -53,14 +53,18 @@ class _Product:
     packed: Packed | None  # every layer's weight as one int4 matrix, or None (float weights)
     versions: list[int]  # each weight's `_version` when packed: a later in-place change reads float again
 
-    def __call__(self, x: torch.Tensor, router: LoraRouter | None) -> torch.Tensor:
+    def current(self) -> bool:
+        """The packed copy still matches every layer's float weight (none changed in place since)."""
+        return all(linear.weight._version == v for linear, v in zip(self.linears, self.versions, strict=True))
+
+    def __call__(self, x: torch.Tensor, router: LoraRouter | None, fresh: bool) -> torch.Tensor:
+        """The layers' outputs side by side; `fresh`: every packed weight of the model is known current."""
         import torch
         from torch.nn import functional
 
         out: torch.Tensor
         packed = self.packed
-        if packed is not None and x.device.type == "cpu" and all(
-                linear.weight._version == v for linear, v in zip(self.linears, self.versions, strict=True)):
+        if packed is not None and (fresh or self.current()):
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed.weight, GROUP,
                                                              packed.scales_zeros).to(x.dtype)
             if self.bias is not None:
@@ -109,6 +113,9 @@ class LeanDecode:
         self._heads = int(config.num_attention_heads)
         self._kv_heads = int(config.num_key_value_heads)
         self._layers = layers
+        products = [p for layer in layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down) if p.packed]
+        self._weights = [linear.weight for p in products for linear in p.linears]
+        self._versions = [v for p in products for v in p.versions]
         self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
         self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
 
@@ -142,6 +149,8 @@ class LeanDecode:
             return None
         cache_layers = batch.cache.layers
         rows = int(ids.shape[0])
+        # one check of every packed weight's version per step; where one moved, each product checks its own
+        fresh = ids.device.type == "cpu" and [w._version for w in self._weights] == self._versions
         x = functional.embedding(ids, self._embed.weight)  # [B, D]
         cos, sin = self._rope(batch.positions, x.dtype)
         mask = batch.mask.bool()[:, None, None, :] if rows > 1 else None
@@ -149,17 +158,17 @@ class LeanDecode:
         groups, split = heads // kv_heads, (heads + kv_heads) * dim
         for layer, cached in zip(self._layers, cache_layers, strict=True):
             h = _rms_norm(x, layer.norm_in.weight, layer.norm_in.variance_epsilon)
-            qkv = layer.qkv(h, router)
+            qkv = layer.qkv(h, router, fresh)
             qk = qkv[:, :split].view(rows, heads + kv_heads, dim)
             qk = qk * cos + qk.view(rows, heads + kv_heads, 2, dim // 2).flip(-2).view(qk.shape) * sin
             keys, values = cached.update(qk[:, heads:, None, :], qkv[:, split:].view(rows, kv_heads, 1, dim))
             query = qk[:, :heads].view(rows, kv_heads, groups, dim)
             attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
                                                                scale=self._scaling)
-            x = x + layer.o(attended.reshape(rows, heads * dim), router)
+            x = x + layer.o(attended.reshape(rows, heads * dim), router, fresh)
             h = _rms_norm(x, layer.norm_post.weight, layer.norm_post.variance_epsilon)
-            gate, up = layer.gate_up(h, router).chunk(2, dim=-1)
-            x = x + layer.down(functional.silu(gate) * up, router)
+            gate, up = layer.gate_up(h, router, fresh).chunk(2, dim=-1)
+            x = x + layer.down(functional.silu(gate) * up, router, fresh)
         x = _rms_norm(x, self._norm.weight, self._eps)
         self.steps += 1
         return functional.linear(x, self._head.weight, getattr(self._head, "bias", None))

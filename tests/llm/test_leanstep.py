@@ -133,15 +133,18 @@ def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory
     model = four_bit(tiny_model(0))
     int4 = Int4Decode.prepare(model, "auto")
     lean = LeanDecode.build(model, int4)
-    assert lean is not None
+    assert int4 is not None and lean is not None
     attention = model.model.layers[0].self_attn
     product = lean._layers[0].qkv
     x = torch.randn(2, 32)
     with torch.no_grad():
-        attention.k_proj.weight.mul_(3)
+        attention.k_proj.weight.mul_(-4)
     expected = torch.cat([functional.linear(x, attention.q_proj.weight), functional.linear(x, attention.k_proj.weight),
                           functional.linear(x, attention.v_proj.weight)], dim=-1)
-    assert torch.equal(product(x, None), expected)
+    assert not product.current()
+    assert torch.equal(product(x, None, fresh=False), expected)
+    for mine, theirs in twin_steps(model, lean, decoding=int4.active):  # the step notices it too
+        assert_close(mine, theirs, 2e-2)  # bfloat16 on one side (q, v), float32 on the other
 
 
 def test_mixed_adapter_rows_get_their_own_lora(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
