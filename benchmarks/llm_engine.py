@@ -156,12 +156,16 @@ def load(shape: str, int4: Any) -> Any:
     return TransformersLLM(model, loaded.tokenizer, name=shape, prefix_cache_mb=0, int4=int4)
 
 
+MASKING = {"on": True}  # int4_fidelity turns it off: it scores the replies' end tokens
+
+
 def mask_stop_tokens(llm: Any) -> None:
     """Every request decodes exactly new_tokens: the end tokens' logits are -inf after every forward."""
     stop = sorted(llm.stop_ids)
 
     def hook(module: Any, args: Any, output: Any) -> None:
-        output.logits[..., stop] = float("-inf")
+        if MASKING["on"]:
+            output.logits[..., stop] = float("-inf")
 
     llm.model.register_forward_hook(hook)
     from agent.llm.leanstep import LeanDecode
@@ -171,7 +175,7 @@ def mask_stop_tokens(llm: Any) -> None:
 
         def masked(self: Any, *args: Any, **kwargs: Any) -> Any:
             logits = lean_step(self, *args, **kwargs)
-            if logits is not None:
+            if logits is not None and MASKING["on"]:
                 logits[..., stop] = float("-inf")
             return logits
 
@@ -251,7 +255,7 @@ class Bench:
         from agent.llm.engine import TransformersLLM
 
         names = make_adapters(self.llm.model, folder, count)
-        tuned = TransformersLLM(copy.deepcopy(self.llm.model), self.llm.tokenizer, adapters={
+        tuned = TransformersLLM(copy.deepcopy(self.llm.model), self.llm.tokenizer, prefix_cache_mb=0, adapters={
             name: folder / name for name in names})
         self.engine(tuned, [request(i, 2, adapter=name) for i, name in enumerate(names)])  # load them all
         runs: list[tuple[str, Run]] = []
@@ -454,6 +458,7 @@ def int4_fidelity(llm: Any) -> dict[str, Any]:
     if llm.int4 is None:
         print("\nint4-fidelity: the engine does not pack this model's layers (see --int4)")
         return {}
+    MASKING["on"] = False
     rows = [json.loads(line) for line in (ROOT / "agent/data/general_set.jsonl").read_text().splitlines() if line]
     nll: dict[str, list[float]] = {"float32": [], "int4": []}
     agree = steps = 0
