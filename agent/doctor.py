@@ -25,6 +25,9 @@ def report(settings: Settings) -> dict[str, Any]:
     rows.update(describe_server(settings))  # backend; with a server: its model, key variable, a 3 s probe
     if settings.model.backend == "transformers":
         rows["int4 decode"] = _int4(settings)
+        from agent.llm.leanstep import describe as describe_lean
+
+        rows["decode step"] = describe_lean(settings.model.lean_decode, settings.model.path)
     rows["model cache"] = str(settings.model_cache_dir)
     rows["data directory"] = str(settings.home)
     rows["workspace"] = str(settings.workspace_dir)

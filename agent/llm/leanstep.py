@@ -18,8 +18,9 @@ so prefill (transformers), merges, row drops and the prefix cache are unchanged,
 Supported: `llama`, `mistral` and `qwen2` models (Llama's decoder layer, biases allowed) with SiLU MLPs,
 full attention in every layer, and a static rotary table (default, linear, llama3 or yarn scaling; not
 dynamic or longrope). Anything else runs transformers' forward. So does a step whose adapters the router
-cannot serve itself (LoRA on embeddings, LoRA bias: PEFT's own path); plain LoRA adapters are added per row
-from the router's stacks, as in the transformers path.
+cannot serve itself (LoRA on embeddings, LoRA bias: PEFT's own path), and a step on layers that PEFT wrapped
+outside the engine's adapters (a training run evaluating its LoRA through the engine); plain LoRA adapters are
+added per row from the router's stacks, as in the transformers path.
 
 The output matches transformers' forward up to rounding: the same operations in the same order except the
 rotary flip, the fused products and the grouped attention (tests compare logits with transformers').
@@ -147,6 +148,8 @@ class LeanDecode:
 
         if router is not None and not router.serves_all:
             return None
+        if router is None and not self._unwrapped():
+            return None  # LoRA layers the engine did not load (a training run's): PEFT's forward adds them
         cache_layers = batch.cache.layers
         rows = int(ids.shape[0])
         # one check of every packed weight's version per step; where one moved, each product checks its own
@@ -173,6 +176,12 @@ class LeanDecode:
         self.steps += 1
         return functional.linear(x, self._head.weight, getattr(self._head, "bias", None))
 
+    def _unwrapped(self) -> bool:
+        """Every product's Linear layers still sit where they were found, not wrapped (by PEFT) since."""
+        return all(getattr(parent, name) is linear for layer in self._layers
+                   for product in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                   for (parent, name), linear in zip(product.parents, product.linears, strict=True))
+
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin, [B, 1, dim]: x*cos + flip_halves(x)*sin is transformers' rotary embedding."""
         import torch
@@ -183,6 +192,26 @@ class LeanDecode:
         cos = torch.cat([cos, cos], dim=-1)
         sin = torch.cat([-sin, sin], dim=-1)  # rotate_half(x) = cat(-x2, x1) = flip_halves(x) * (-1, +1)
         return cos.to(dtype)[:, None, :], sin.to(dtype)[:, None, :]
+
+
+def describe(enabled: bool, model_path: str) -> str:
+    """Which forward decode steps will run for this model, without loading it (`metagent doctor`)."""
+    import json
+    from pathlib import Path
+
+    if not enabled:
+        return "transformers' forward ([model] lean_decode = false)"
+    if not model_path:
+        return "lean (the bundled model is a Llama)"
+    config = Path(model_path).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if isinstance(model_type, str) and model_type not in SUPPORTED:
+        return f"transformers' forward ({model_type} is not one of {', '.join(SUPPORTED)})"
+    what = model_type if isinstance(model_type, str) else ", ".join(SUPPORTED)
+    return f"lean at load for {what} models whose layers it reproduces, else transformers' forward"
 
 
 def supports(model: Any) -> bool:

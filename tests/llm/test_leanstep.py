@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.config import ModelSettings
+from agent.config import ModelSettings, Settings
+from agent.doctor import report
 from agent.llm.batching import KVBatch, Route
 from agent.llm.engine import TransformersLLM
 from agent.llm.int4 import Int4Decode
-from agent.llm.leanstep import LeanDecode, supports
+from agent.llm.leanstep import LeanDecode, describe, supports
 from agent.llm.lorarouter import BASE
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_int4 import four_bit
 from tests.llm.test_llm_adapters import make_lora
+from tests.llm.test_llm_loading import with_model
 
 PROMPTS = [list(range(300, 341)), list(range(500, 507)), list(range(900, 922))]  # different lengths: padding
 
@@ -183,6 +185,29 @@ def test_adapters_the_router_cannot_serve_take_transformers_forward(tiny_model: 
     assert torch.equal(mine, reference.step([7], llm._lora.route, [internal]))
 
 
+def test_lora_layers_injected_outside_the_engine_take_transformers_forward(tiny_model: TinyFactory,
+                                                                         tokenizer: Any) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
+    assert llm.lean is not None
+    before = llm.complete(ask("Hi.", 12)).text
+    steps = llm.lean.steps
+    assert steps > 0
+    trained = get_peft_model(llm.model, LoraConfig(r=4, target_modules="all-linear"))  # as a training run does
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn_like(parameter))
+    during = llm.complete(ask("Hi.", 12)).text
+    assert llm.lean.steps == steps  # the lean step would ignore the injected LoRA: it steps aside
+    plain = TransformersLLM(llm.model, tokenizer, constrained=False, prefix_cache_mb=0, lean_decode=False)
+    assert during == plain.complete(ask("Hi.", 12)).text != before
+    trained.unload()
+    assert llm.complete(ask("Hi.", 12)).text == before and llm.lean.steps > steps
+
+
 def test_engine_replies_are_the_same_with_and_without_the_lean_step(tiny_model: TinyFactory, tokenizer: Any) -> None:
     lean = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
     plain = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0, lean_decode=False)
@@ -212,3 +237,17 @@ def test_lean_decode_setting() -> None:
     assert ModelSettings(lean_decode=False).lean_decode is False
     with pytest.raises(ValidationError, match="lean_decode"):
         ModelSettings(lean_decode="sometimes")  # type: ignore[arg-type]
+
+
+def test_doctor_says_which_forward_decode_steps_run(settings: Settings, tmp_path: Path) -> None:
+    assert report(settings)["decode step"] == "lean (the bundled model is a Llama)"
+    assert report(with_model(settings, lean_decode=False))["decode step"] == (
+        "transformers' forward ([model] lean_decode = false)")
+    (tmp_path / "gemma").mkdir()
+    (tmp_path / "gemma" / "config.json").write_text('{"model_type": "gemma"}')
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen2"}')
+    assert describe(True, str(tmp_path / "gemma")) == (
+        "transformers' forward (gemma is not one of llama, mistral, qwen2)")
+    assert describe(True, str(tmp_path / "qwen")).startswith("lean at load for qwen2 models")
+    assert describe(True, str(tmp_path / "model.gguf")).startswith("lean at load for llama, mistral, qwen2 models")
