@@ -117,6 +117,9 @@ class LeanDecode:
         products = [p for layer in layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down) if p.packed]
         self._weights = [linear.weight for p in products for linear in p.linears]
         self._versions = [v for p in products for v in p.versions]
+        self._slots = [(parent._modules, name, linear) for layer in layers  # (children dict, name, Linear)
+                       for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                       for (parent, name), linear in zip(p.parents, p.linears, strict=True)]
         self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
         self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
 
@@ -178,9 +181,7 @@ class LeanDecode:
 
     def _unwrapped(self) -> bool:
         """Every product's Linear layers still sit where they were found, not wrapped (by PEFT) since."""
-        return all(getattr(parent, name) is linear for layer in self._layers
-                   for product in (layer.qkv, layer.o, layer.gate_up, layer.down)
-                   for (parent, name), linear in zip(product.parents, product.linears, strict=True))
+        return all(children.get(name) is linear for children, name, linear in self._slots)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin, [B, 1, dim]: x*cos + flip_halves(x)*sin is transformers' rotary embedding."""
