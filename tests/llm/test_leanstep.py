@@ -117,6 +117,21 @@ def test_qwen2_biases_are_added(packed: bool) -> None:
         assert_close(mine, theirs, 1e-3 if packed else 1e-5)
 
 
+def test_mistral_without_a_sliding_window() -> None:
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    small = {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2}
+    torch.manual_seed(6)
+    model = MistralForCausalLM(MistralConfig(**small, sliding_window=None)).eval()
+    lean = LeanDecode.build(model, None)
+    assert lean is not None
+    for mine, theirs in twin_steps(model, lean):
+        assert_close(mine, theirs, 1e-5)
+    assert not supports(MistralForCausalLM(MistralConfig(**small, sliding_window=16)))  # attends 16 back only
+
+
 def test_fused_four_bit_products_match_the_packed_layers(tiny_model: TinyFactory) -> None:
     model = four_bit(tiny_model(0))
     int4 = Int4Decode.prepare(model, "auto")
