@@ -160,6 +160,11 @@ def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory
                           functional.linear(x, attention.v_proj.weight)], dim=-1)
     assert not product.current()
     assert torch.equal(product(x, None, fresh=False), expected)
+    other = lean._layers[1].qkv  # its weights did not move: it still reads its packed copy
+    attention = model.model.layers[1].self_attn
+    floats = torch.cat([functional.linear(x, attention.q_proj.weight), functional.linear(x, attention.k_proj.weight),
+                        functional.linear(x, attention.v_proj.weight)], dim=-1)
+    assert other.current() and not torch.equal(other(x, None, fresh=False), floats)
     for mine, theirs in twin_steps(model, lean, decoding=int4.active):  # the step notices it too
         assert_close(mine, theirs, 2e-2)  # bfloat16 on one side (q, v), float32 on the other
 
