@@ -82,6 +82,16 @@ def test_lean_step_computes_what_transformers_computes(tiny_model: TinyFactory) 
     assert [tuple(m.shape) for m, _ in pairs] == [(3, 49152)] * 3 + [(2, 49152)] * 3
 
 
+def test_lean_step_in_bfloat16(tiny_model: TinyFactory) -> None:
+    import torch
+
+    model = tiny_model(3).to(torch.bfloat16)  # the dtype of the CUDA path
+    lean = LeanDecode.build(model, None)
+    assert lean is not None
+    for mine, theirs in twin_steps(model, lean):
+        assert_close(mine, theirs, 1e-2)  # identical on this CPU; a bfloat16 step is 2^-8 relative
+
+
 def test_lean_step_on_one_row_and_far_into_the_context(tiny_model: TinyFactory) -> None:
     model = tiny_model(4)
     lean = LeanDecode.build(model, None)
