@@ -56,13 +56,13 @@ def _device(settings: Settings) -> str:
 
 def _int4(settings: Settings) -> str:
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         return "torch not installed"
     from agent.llm.int4 import describe
+    from agent.llm.loading import pick_device
 
-    device = settings.model.device if settings.model.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(settings.model.device)  # the device loading will choose
     return describe(settings.model.int4, settings.model.path, device, settings.model.dtype)
 
 

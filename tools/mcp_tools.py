@@ -375,13 +375,17 @@ def _is_request_timeout(error: BaseException) -> bool:
     """Whether the MCP client gave up on the request after its read timeout (JSON-RPC code REQUEST_TIMEOUT)."""
     from mcp_types import REQUEST_TIMEOUT
 
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
-    return getattr(error, "code", None) == REQUEST_TIMEOUT
+    return getattr(_first_leaf(error), "code", None) == REQUEST_TIMEOUT
 
 
 def _describe(error: BaseException) -> str:
-    """The first leaf of an exception group (anyio wraps task failures), as "Type: message"."""
+    """The first leaf of an exception group, as "Type: message"."""
+    error = _first_leaf(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The error itself, or the first leaf of an exception group (anyio wraps task failures)."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
-    return f"{type(error).__name__}: {error}"
+    return error
