@@ -141,6 +141,15 @@ def pack(weight: Any) -> tuple[Packed, float]:
     return Packed(packed, scales_zeros, int(weight._version), n), error
 
 
+def product(rows: Any, packed: Packed) -> Any:
+    """rows [M, K] times the packed weight's transpose: [M, N] in rows' dtype (computed from bfloat16 input)."""
+    import torch
+
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed.weight, GROUP,
+                                                      packed.scales_zeros)
+    return out.to(rows.dtype)
+
+
 def _make_forward(owner: Int4Decode) -> Any:
     import torch
     from torch.nn import functional
@@ -152,9 +161,7 @@ def _make_forward(owner: Int4Decode) -> Any:
             return functional.linear(x, self.weight, self.bias)
         owner.packed_calls += 1
         shape = x.shape
-        rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed.weight, GROUP, packed.scales_zeros)
-        out = out.to(torch.float32).reshape(*shape[:-1], packed.out_features)
+        out = product(x.reshape(-1, shape[-1]), packed).reshape(*shape[:-1], packed.out_features)
         return out if self.bias is None else out + self.bias
 
     return forward

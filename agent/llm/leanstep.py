@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.llm.int4 import GROUP, Int4Decode, Packed, pack
+from agent.llm.int4 import Int4Decode, Packed, pack, product
 
 if TYPE_CHECKING:
     import torch
@@ -66,8 +66,7 @@ class _Product:
         out: torch.Tensor
         packed = self.packed
         if packed is not None and (fresh or self.current()):
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed.weight, GROUP,
-                                                             packed.scales_zeros).to(x.dtype)
+            out = product(x, packed)
             if self.bias is not None:
                 out = out + self.bias
         elif len(self.linears) == 1:
@@ -95,6 +94,10 @@ class _Layer:
     gate_up: _Product
     down: _Product
 
+    @property
+    def products(self) -> tuple[_Product, ...]:
+        return self.qkv, self.o, self.gate_up, self.down
+
 
 class LeanDecode:
     """The decode step of one model (built once per engine); `step` returns None where it does not apply."""
@@ -114,12 +117,12 @@ class LeanDecode:
         self._heads = int(config.num_attention_heads)
         self._kv_heads = int(config.num_key_value_heads)
         self._layers = layers
-        products = [p for layer in layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down) if p.packed]
-        self._weights = [linear.weight for p in products for linear in p.linears]
-        self._versions = [v for p in products for v in p.versions]
-        self._slots = [(parent._modules, name, linear) for layer in layers  # (children dict, name, Linear)
-                       for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
-                       for (parent, name), linear in zip(p.parents, p.linears, strict=True)]
+        products = [p for layer in layers for p in layer.products]
+        packed_products = [p for p in products if p.packed]
+        self._weights = [linear.weight for p in packed_products for linear in p.linears]
+        self._versions = [v for p in packed_products for v in p.versions]
+        self._slots = [(parent._modules, name, linear)  # (children dict, name, Linear)
+                       for p in products for (parent, name), linear in zip(p.parents, p.linears, strict=True)]
         self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
         self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
 
