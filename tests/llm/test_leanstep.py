@@ -25,6 +25,8 @@ from tests.llm.test_llm_adapters import make_lora
 from tests.llm.test_llm_loading import with_model
 
 PROMPTS = [list(range(300, 341)), list(range(500, 507)), list(range(900, 922))]  # different lengths: padding
+SMALL: dict[str, Any] = {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2}  # tiny_model's shape, any family
 
 
 def no_adapters(names: Sequence[str]) -> Any:
@@ -111,8 +113,7 @@ def test_qwen2_biases_are_added(packed: bool) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(**SMALL, tie_word_embeddings=True)
     torch.manual_seed(5)
     model = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():
@@ -131,15 +132,13 @@ def test_mistral_without_a_sliding_window() -> None:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    small = {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2}
     torch.manual_seed(6)
-    model = MistralForCausalLM(MistralConfig(**small, sliding_window=None)).eval()
+    model = MistralForCausalLM(MistralConfig(**SMALL, sliding_window=None)).eval()
     lean = LeanDecode.build(model, None)
     assert lean is not None
     for mine, theirs in twin_steps(model, lean):
         assert_close(mine, theirs, 1e-5)
-    assert not supports(MistralForCausalLM(MistralConfig(**small, sliding_window=16)))  # attends 16 back only
+    assert not supports(MistralForCausalLM(MistralConfig(**SMALL, sliding_window=16)))  # attends 16 back only
 
 
 def test_fused_four_bit_products_match_the_packed_layers(tiny_model: TinyFactory) -> None:
@@ -253,13 +252,11 @@ def test_models_it_does_not_reproduce_are_left_to_transformers(tiny_model: TinyF
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     assert supports(tiny_model(0))
-    small = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 4, "num_key_value_heads": 2}
-    dynamic = LlamaForCausalLM(LlamaConfig(**small, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+    dynamic = LlamaForCausalLM(LlamaConfig(**SMALL, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
                                                                        "rope_theta": 10000.0}))
     assert not supports(dynamic)  # its rotary table changes with the length
-    assert not supports(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
-    assert LeanDecode.build(Qwen3ForCausalLM(Qwen3Config(**small)), None) is None  # q/k norms: not Llama's layer
+    assert not supports(LlamaForCausalLM(LlamaConfig(**SMALL, hidden_act="gelu")))
+    assert LeanDecode.build(Qwen3ForCausalLM(Qwen3Config(**SMALL)), None) is None  # q/k norms: not Llama's layer
 
 
 def test_lean_decode_setting() -> None:
