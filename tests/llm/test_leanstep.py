@@ -21,16 +21,13 @@ from agent.llm.lorarouter import BASE
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_int4 import four_bit
+from tests.llm.test_int4 import route as no_adapters
 from tests.llm.test_llm_adapters import make_lora
 from tests.llm.test_llm_loading import with_model
 
 PROMPTS = [list(range(300, 341)), list(range(500, 507)), list(range(900, 922))]  # different lengths: padding
 SMALL: dict[str, Any] = {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "num_key_value_heads": 2}  # tiny_model's shape, any family
-
-
-def no_adapters(names: Sequence[str]) -> Any:
-    return nullcontext()
 
 
 def twin_steps(model: Any, lean: LeanDecode, route: Route = no_adapters, adapters: Sequence[str] = (BASE,) * 3,
