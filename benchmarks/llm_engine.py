@@ -204,13 +204,17 @@ Run = Callable[[], Sample]
 
 class Bench:
     def __init__(self, llm: Any, new_tokens: int) -> None:
-        from agent.llm.engine import TransformersLLM
-
         self.llm = llm
         self.new_tokens = new_tokens
         # The grammar's cost alone: the same model, prompt (tool schemas included) and packing, decoded freely.
-        self.free = TransformersLLM(llm.model, llm.tokenizer, name=llm.name, prefix_cache_mb=0, constrained=False,
-                                    int4="off" if llm.int4 is None else "on")
+        self.free = self.variant(constrained=False)
+
+    def variant(self, **changes: Any) -> Any:
+        """An engine on the same model and packing, without a prefix cache, with `changes` to its arguments."""
+        from agent.llm.engine import TransformersLLM
+
+        options = {"name": self.llm.name, "prefix_cache_mb": 0, "int4": "off" if self.llm.int4 is None else "on"}
+        return TransformersLLM(self.llm.model, self.llm.tokenizer, **{**options, **changes})
 
     def runs(self, sessions: list[int], adapters: int, folder: Path) -> list[tuple[str, Run]]:
         """Every measurement, by name; the first is the baseline, the second the engine at batch 1."""
@@ -228,26 +232,20 @@ class Bench:
                      (f"engine, {count} concurrent sessions", partial(self.engine, self.llm, requests)),
                      (f"generate, one padded batch of {count}", partial(self.generate, list(range(count))))]
         if self.llm.int4 is not None:  # the same model, decode steps reading its float32 weights
-            from agent.llm.engine import TransformersLLM
-
-            plain = TransformersLLM(self.llm.model, self.llm.tokenizer, name=self.llm.name, prefix_cache_mb=0,
-                                    int4="off")
-            runs.append(("engine, 1 session, int4 off (float32 weights)", lambda: self.engine(plain, [request(0, n)])))
-            for count in (c for c in sessions if c > 1):
-                runs.append((f"engine, {count} concurrent sessions, int4 off",
-                             partial(self.engine, plain, [request(i, n) for i in range(count)])))
+            runs += self.same_requests(self.variant(int4="off"), "int4 off (float32 weights)", sessions)
         if self.llm.lean is not None:  # the same engine, decode steps through transformers' forward
-            from agent.llm.engine import TransformersLLM
-
-            hf = TransformersLLM(self.llm.model, self.llm.tokenizer, name=self.llm.name, prefix_cache_mb=0,
-                                 int4="off" if self.llm.int4 is None else "on", lean_decode=False)
-            runs.append(("engine, 1 session, transformers' forward (lean_decode off)",
-                         lambda: self.engine(hf, [request(0, n)])))
-            for count in (c for c in sessions if c > 1):
-                runs.append((f"engine, {count} concurrent sessions, transformers' forward",
-                             partial(self.engine, hf, [request(i, n) for i in range(count)])))
+            runs += self.same_requests(self.variant(lean_decode=False), "transformers' forward (lean_decode off)",
+                                       sessions)
         if adapters:
             runs += self.adapter_runs(adapters, folder)
+        return runs
+
+    def same_requests(self, llm: Any, label: str, sessions: list[int]) -> list[tuple[str, Run]]:
+        """The engine's 1-session and N-concurrent runs on another engine, named with `label`."""
+        n = self.new_tokens
+        runs: list[tuple[str, Run]] = [(f"engine, 1 session, {label}", lambda: self.engine(llm, [request(0, n)]))]
+        runs += [(f"engine, {count} concurrent sessions, {label}",
+                  partial(self.engine, llm, [request(i, n) for i in range(count)])) for count in sessions if count > 1]
         return runs
 
     def adapter_runs(self, count: int, folder: Path) -> list[tuple[str, Run]]:
