@@ -71,6 +71,14 @@ class ModelSettings(_Section):
         True, description="decode steps of Llama-family models (llama, mistral, qwen2) run a lean forward with "
         "fused products instead of transformers' (same results up to rounding); false = transformers' forward"
     )
+    cuda_graphs: bool = Field(
+        True, description="on a GPU, lean decode steps replay CUDA graphs over a static KV cache of max_batch rows "
+        "x graph_tokens positions, allocated on the first request; false = eager steps over a growing cache"
+    )
+    graph_tokens: int = Field(
+        4096, ge=256, le=1_048_576, description="positions per row of the GPU's static KV cache (capped by the "
+        "model's context); a batch with a longer row decodes without graphs until it ends"
+    )
     cache_dir: str = Field("", description="where converted weights are cached; empty = <home>/cache/models")
     # backend = "openai": an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama); see docs/llm.md.
     backend: Literal["transformers", "openai"] = Field(

@@ -41,6 +41,7 @@ from agent.llm.loading import Progress, load_model
 from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
 from agent.llm.scheduler import Done, Job, Scheduler
+from agent.llm.slots import SlotCache
 from agent.llm.toolformat import CALL_CLOSE, CALL_OPEN, parse_reply, with_tools
 from agent.types import LLMDelta, LLMReply, LLMRequest, Message, Usage
 
@@ -58,7 +59,8 @@ class TransformersLLM:
 
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
                  constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256,
-                 int4: Mode = "auto", lean_decode: bool = True) -> None:
+                 int4: Mode = "auto", lean_decode: bool = True, cuda_graphs: bool = True,
+                 graph_tokens: int = 4096) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -74,7 +76,10 @@ class TransformersLLM:
         self.int4 = Int4Decode.prepare(model, int4)  # None: decode reads the weights as loaded
         decoding = self.int4.active if self.int4 is not None else nullcontext
         self.lean = LeanDecode.build(model, self.int4) if lean_decode else None  # None: transformers' forward
-        self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding, lean=self.lean)
+        # on CUDA: decode steps replay CUDA graphs over a static KV cache (slots.py); None elsewhere
+        slots = SlotCache.for_model(model, self.lean, min(graph_tokens, self.context_tokens), cuda_graphs)
+        self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding, lean=self.lean,
+                                    slots=slots)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -83,7 +88,8 @@ class TransformersLLM:
         loaded = load_model(settings, progress)
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
                   name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4,
-                  lean_decode=settings.model.lean_decode)
+                  lean_decode=settings.model.lean_decode, cuda_graphs=settings.model.cuda_graphs,
+                  graph_tokens=settings.model.graph_tokens)
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
         if progress is not None and llm.int4 is not None:

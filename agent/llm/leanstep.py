@@ -28,6 +28,7 @@ rotary flip, the fused products and the grouped attention (tests compare logits 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
 
     from agent.llm.batching import KVBatch
     from agent.llm.lorarouter import LoraRouter
+    from agent.llm.slots import SlotCache
 
+_Attend = Callable[[int, "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 SUPPORTED = ("llama", "mistral", "qwen2")
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
@@ -144,43 +147,87 @@ class LeanDecode:
             ))
         return cls(model, layers, packed=int4 is not None)
 
+    def usable(self, router: LoraRouter | None) -> bool:
+        """Whether this step serves rows routed by `router` (from the engine's `route`; None: no adapter loaded)."""
+        if router is not None:
+            return router.serves_all  # else LoRA on embeddings or bias: PEFT's own forward
+        return self._unwrapped()  # else LoRA layers the engine did not load (a training run's): PEFT adds them
+
     def step(self, batch: KVBatch, ids: torch.Tensor, router: LoraRouter | None) -> torch.Tensor | None:
         """Feed row i the token ids[i] ([B] long): the last position's logits [B, vocab] in the model's dtype.
 
         Call after `batch.mask` has the new column and before `batch.positions` moves on, inside the router's
-        `route` for these rows. None (nothing changed) when a router is given that cannot serve the rows.
+        `route` for these rows. None (nothing changed) when the step cannot serve these rows (`usable`).
         """
         from torch.nn import functional
 
-        if router is not None and not router.serves_all:
+        if not self.usable(router):
             return None
-        if router is None and not self._unwrapped():
-            return None  # LoRA layers the engine did not load (a training run's): PEFT's forward adds them
         cache_layers = batch.cache.layers
-        rows = int(ids.shape[0])
         # one check of every packed weight's version per step; where one moved, each product checks its own
         fresh = ids.device.type == "cpu" and [w._version for w in self._weights] == self._versions
+        mask = batch.mask.bool()[:, None, None, :] if ids.shape[0] > 1 else None
+
+        def attend(index: int, key: torch.Tensor, value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+            keys, values = cache_layers[index].update(key, value)
+            return functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self._scaling)
+
+        logits = self._forward(ids, batch.positions, attend, router, fresh)
+        self.steps += 1
+        return logits
+
+    def slot_step(self, slots: SlotCache, rows: int, length: int, router: LoraRouter | None) -> torch.Tensor:
+        """One step of slots 0..rows-1 (slots.py): token `slots.ids[i]` at position `slots.lengths[i]`, attending
+        over the first `length` positions of each slot. Writes each new key and value into its slot at its
+        position; reads nothing from the host and makes no host sync, so a CUDA graph can replay it.
+        """
+        import torch
+        from torch.nn import functional
+
+        lengths = slots.lengths[:rows]
+        mask = (torch.arange(length, device=lengths.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        where = lengths.view(rows, 1, 1, 1).expand(rows, self._kv_heads, 1, self._dim)
+
+        def attend(index: int, key: torch.Tensor, value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+            keys, values = slots.keys[index][:rows], slots.values[index][:rows]
+            keys.scatter_(2, where, key)
+            values.scatter_(2, where, value)
+            return functional.scaled_dot_product_attention(query, keys[:, :, :length], values[:, :, :length],
+                                                           attn_mask=mask, scale=self._scaling)
+
+        logits = self._forward(slots.ids[:rows], lengths, attend, router, fresh=False)
+        self.steps += 1
+        return logits
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: _Attend, router: LoraRouter | None,
+                 fresh: bool) -> torch.Tensor:
+        """The decoder over one new token per row; `attend(layer, key, value, query)` stores the new key and
+        value in that layer's cache and returns the attention output, [rows, kv_heads, groups, dim]."""
+        from torch.nn import functional
+
+        rows = int(ids.shape[0])
         x = functional.embedding(ids, self._embed.weight)  # [B, D]
-        cos, sin = self._rope(batch.positions, x.dtype)
-        mask = batch.mask.bool()[:, None, None, :] if rows > 1 else None
+        cos, sin = self._rope(positions, x.dtype)
         heads, kv_heads, dim = self._heads, self._kv_heads, self._dim
         groups, split = heads // kv_heads, (heads + kv_heads) * dim
-        for layer, cached in zip(self._layers, cache_layers, strict=True):
+        for index, layer in enumerate(self._layers):
             h = _rms_norm(x, layer.norm_in.weight, layer.norm_in.variance_epsilon)
             qkv = layer.qkv(h, router, fresh)
             qk = qkv[:, :split].view(rows, heads + kv_heads, dim)
             qk = qk * cos + qk.view(rows, heads + kv_heads, 2, dim // 2).flip(-2).view(qk.shape) * sin
-            keys, values = cached.update(qk[:, heads:, None, :], qkv[:, split:].view(rows, kv_heads, 1, dim))
-            query = qk[:, :heads].view(rows, kv_heads, groups, dim)
-            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
-                                                               scale=self._scaling)
+            attended = attend(index, qk[:, heads:, None, :], qkv[:, split:].view(rows, kv_heads, 1, dim),
+                              qk[:, :heads].view(rows, kv_heads, groups, dim))
             x = x + layer.o(attended.reshape(rows, heads * dim), router, fresh)
             h = _rms_norm(x, layer.norm_post.weight, layer.norm_post.variance_epsilon)
             gate, up = layer.gate_up(h, router, fresh).chunk(2, dim=-1)
             x = x + layer.down(functional.silu(gate) * up, router, fresh)
         x = _rms_norm(x, self._norm.weight, self._eps)
-        self.steps += 1
         return functional.linear(x, self._head.weight, getattr(self._head, "bias", None))
+
+    @property
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head dim): the shape of a KV cache for this model."""
+        return len(self._layers), self._kv_heads, self._dim
 
     def _unwrapped(self) -> bool:
         """Every product's Linear layers still sit where they were found, not wrapped (by PEFT) since."""

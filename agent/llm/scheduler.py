@@ -33,6 +33,7 @@ from agent.llm.batching import KVBatch
 from agent.llm.decoding import FinishReason, Sampler
 from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
+from agent.llm.slots import SlotBatch, SlotCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -87,17 +88,18 @@ class Scheduler:
     def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH,
                  prefix: PrefixCache | None = None,
                  decoding: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                 lean: LeanDecode | None = None) -> None:
+                 lean: LeanDecode | None = None, slots: SlotCache | None = None) -> None:
         self._model = model
         self._lean = lean  # the lean decode step (leanstep.py), where the model has one
         self._decoding = decoding  # wraps every batched decode forward (int4.Int4Decode.active)
         self._lora = lora
         self.max_batch = max_batch
         self.prefix = prefix  # prompts' KV for reuse; None: every prompt is prefilled whole
+        self.slots = slots  # the static KV cache that CUDA graphs replay (slots.py); None: KVBatch only
         self._inbox: deque[Job] = deque()
         self._wake = threading.Lock()
         self._running = False
-        self._batch: KVBatch | None = None
+        self._batch: KVBatch | SlotBatch | None = None
         self._rows: list[_Row] = []
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
@@ -180,7 +182,7 @@ class Scheduler:
         if not self._emit(row, job.sampler.choose(logits)):
             return  # done after one token: it never joins the batch
         if self._batch is None:
-            self._batch = piece
+            self._batch = SlotBatch.start(self.slots, piece, self.max_batch)
         else:
             self._batch.merge(piece)
         self._rows.append(row)
@@ -226,18 +228,24 @@ class Scheduler:
         if len(keep) == len(self._rows):
             return
         if not keep or self._batch is None:
-            self._batch, self._rows = None, []
+            self._drop_batch()
         else:
             self._batch.keep(keep)
             self._rows = [self._rows[i] for i in keep]
         self._lora.collect({row.adapter for row in self._rows})
+
+    def _drop_batch(self) -> None:
+        if isinstance(self._batch, SlotBatch):
+            self._batch.close()  # its slots are free for the next batch
+        self._batch, self._rows = None, []
 
     def _fail_everything(self, error: BaseException) -> None:
         message = f"the decode thread stopped: {type(error).__name__}: {error}"[:600]
         with self._wake:
             jobs = [row.job for row in self._rows] + list(self._inbox)
             self._inbox.clear()
-            self._rows, self._batch, self._running = [], None, False
+            self._drop_batch()
+            self._running = False
         for job in jobs:
             job.events.put(LLMError(message))
 

@@ -31,8 +31,9 @@ WAIT_S = 60.0
 class Gate:
     """Blocks the decode thread at the start of the forwards numbered in `stops` (0 = the first forward).
 
-    Forwards are the model's own (prefills, decode steps through transformers) and the lean decode steps
-    (leanstep.py), which do not call the model.
+    Forwards are the model's own (prefills, decode steps through transformers), the lean decode steps
+    (leanstep.py), which do not call the model, and the steps of the static slots (slots.py), which may replay
+    a graph instead of calling either.
     """
 
     def __init__(self, llm: TransformersLLM, stops: Sequence[int]) -> None:
@@ -51,6 +52,15 @@ class Gate:
                 return step(*args)
 
             lean.step = gated  # type: ignore[method-assign]  # this engine's lean step only
+        slots = llm.scheduler.slots
+        if slots is not None:
+            run = slots.run
+
+            def gated_run(*args: Any) -> Any:
+                self._hook(None, args)
+                return run(*args)
+
+            slots.run = gated_run  # type: ignore[method-assign]
 
     def _hook(self, module: Any, args: Any) -> None:
         index, self._count = self._count, self._count + 1
@@ -78,6 +88,8 @@ class Gate:
         self._handle.remove()
         if self._llm.lean is not None:
             vars(self._llm.lean).pop("step", None)
+        if self._llm.scheduler.slots is not None:
+            vars(self._llm.scheduler.slots).pop("run", None)
 
 
 def ask(text: str, max_new_tokens: int = 12, **kwargs: Any) -> LLMRequest:
