@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/llm_engine.py [--threads N] [--new-tokens 64] [--sessions 1,8] [--adapters 8]
                                               [--shape bundled|tiny|qwen2.5-1.5b|llama-3-8b]
                                               [--parts throughput,first-token,adapter-switch,int4-fidelity]
-                                              [--int4 auto|on|off]
+                                              [--int4 auto|on|off] [--graph-tokens 1024] [--tokenizer DIR]
 
-Every request decodes exactly --new-tokens (end tokens are masked by a forward hook, for generate and the
-engine alike), greedy, on 8 different chat prompts. Prints a table and writes it as JSON next to the printed
+Every request decodes exactly --new-tokens (end tokens are masked: by a forward hook for generate, in the
+sampler for the engine), greedy, on 8 different chat prompts. Prints a table and writes it as JSON next to the printed
 copy under benchmarks/results/:
 
   - batch 1: `model.generate` (the baseline), the engine alone, the engine under a grammar (tools offered,
@@ -32,13 +32,20 @@ copy under benchmarks/results/:
     with the float32 weights: mean negative log-likelihood per reply token, and how often the two steps' argmax
     agree. With --int4 auto/on, the throughput table adds the same engine runs with the float32 weights.
   - where the model has the lean decode step ([model] lean_decode, agent/llm/leanstep.py), the throughput
-    table adds the same engine runs with decode steps through transformers' forward.
+    table adds the same engine runs with decode steps through transformers' forward;
+  - on a GPU, where decode steps replay CUDA graphs over the static slot cache ([model] cuda_graphs,
+    agent/llm/slots.py), the throughput table adds the same engine runs with eager steps.
+
+Every engine gets max_batch = the largest --sessions count (so N sessions decode as one batch) and a slot
+cache of --graph-tokens positions per row (the prompts here are under 100 tokens).
 
 The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
 
 --shape bundled is the bundled SmolLM2-135M (weights cached under METAGENT_MODEL__CACHE_DIR); the others are
 random-initialised models of those shapes (for a GPU machine, where no weights can be fetched) with the
-bundled tokenizer. Not a test: numbers depend on the machine and on what else runs on it.
+bundled tokenizer, or the one in --tokenizer DIR (its files alone, where the bundled model is not installed),
+on the device and in the dtype [model] device and dtype pick (a GPU and bfloat16 where there is one).
+Not a test: numbers depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -95,6 +102,10 @@ def main() -> dict[str, Any]:
     parser.add_argument("--int4", default="auto", choices=["auto", "on", "off"],
                         help="[model] int4 for the engine (auto: packed when the weights are exactly 4-bit, as "
                         "the bundled model's on CPU)")
+    parser.add_argument("--graph-tokens", type=int, default=1024,
+                        help="[model] graph_tokens: positions per row of the GPU's static KV cache")
+    parser.add_argument("--tokenizer", default="", help="for a random-initialised --shape: a directory holding a "
+                        "tokenizer to use instead of the bundled model's")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which tables, comma-separated, from: {', '.join(PARTS)}")
     args = parser.parse_args()
@@ -105,12 +116,17 @@ def main() -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    llm = load(args.shape, args.int4)
+    sessions = [int(c) for c in args.sessions.split(",")]
+    if args.tokenizer and args.shape == "bundled":
+        parser.error("--tokenizer goes with a random-initialised --shape; the bundled model has its own")
+    llm = load(args.shape, args.int4, args.tokenizer, {"max_batch": max(sessions), "graph_tokens": args.graph_tokens})
     mask_stop_tokens(llm)
     device = str(llm.model.device)
     int4 = "off" if llm.int4 is None else ("on, exact 4-bit weights" if llm.int4.exact else "on, quantized")
     lean = "on" if llm.lean is not None else "off"
-    print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}, lean decode step {lean}), "
+    graphs = "on" if llm.scheduler.slots is not None else "off"
+    print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}, lean decode step {lean}, "
+          f"CUDA graphs {graphs}), "
           f"torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
     rows: list[dict[str, Any]] = []
@@ -119,7 +135,8 @@ def main() -> dict[str, Any]:
     first_token = time_to_first_token(llm, args.rounds) if "first-token" in parts else []
     switch = adapter_switch(llm, args.rounds) if "adapter-switch" in parts else []
     fidelity = int4_fidelity(llm) if "int4-fidelity" in parts else {}
-    return {"shape": args.shape, "device": device, "int4": int4, "lean_decode": lean, "new_tokens": args.new_tokens,
+    return {"shape": args.shape, "device": device, "gpu": gpu_name(), "int4": int4, "lean_decode": lean,
+            "cuda_graphs": graphs, "new_tokens": args.new_tokens,
             "rounds": args.rounds,
             "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
             "time_to_first_token": first_token, "adapter_switch": switch, "int4_fidelity": fidelity}
@@ -127,8 +144,8 @@ def main() -> dict[str, Any]:
 
 def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as folder:
-        bench = Bench(llm, args.new_tokens)
-        runs = bench.runs([int(c) for c in args.sessions.split(",")], args.adapters, Path(folder))
+        bench = Bench(llm, args.new_tokens, args.graph_tokens)
+        runs = bench.runs(sorted({int(c) for c in args.sessions.split(",")}), args.adapters, Path(folder))
         samples: dict[str, list[Sample]] = {name: [] for name, _ in runs}
         for round_index in range(args.rounds):
             print(f"round {round_index + 1}/{args.rounds}", flush=True)
@@ -140,20 +157,50 @@ def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def load(shape: str, int4: Any) -> Any:
+def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> Any:
+    """The engine on the bundled model or a random-initialised one of `shape` (built on the device, in its dtype)."""
+    import torch
+
     from agent.config import Settings
     from agent.llm.engine import TransformersLLM
-    from agent.llm.loading import load_model
+    from agent.llm.loading import load_model, pick_device, pick_dtype
 
-    loaded = load_model(Settings.load())
-    if shape == "bundled":
-        return TransformersLLM(loaded.model, loaded.tokenizer, name=loaded.name, prefix_cache_mb=0, int4=int4)
+    settings = Settings.load()
+    if tokenizer_dir:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        device = pick_device(settings.model.device)
+        dtype = pick_dtype(settings.model.dtype, device)
+    else:
+        loaded = load_model(settings)
+        tokenizer, device, dtype = loaded.tokenizer, str(loaded.model.device), loaded.model.dtype
+        if shape == "bundled":
+            llm = TransformersLLM(loaded.model, tokenizer, name=loaded.name, prefix_cache_mb=0, int4=int4,
+                                  graph_tokens=options["graph_tokens"])
+            llm.max_batch = options["max_batch"]
+            return llm
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                          pad_token_id=2, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(device=loaded.model.device, dtype=loaded.model.dtype).eval()
-    return TransformersLLM(model, loaded.tokenizer, name=shape, prefix_cache_mb=0, int4=int4)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialised in place, in its dtype: an 8B model in float32 is 32 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    finally:
+        torch.set_default_dtype(default)
+    llm = TransformersLLM(model, tokenizer, name=shape, prefix_cache_mb=0, int4=int4,
+                          graph_tokens=options["graph_tokens"])
+    llm.max_batch = options["max_batch"]
+    return llm
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
 
 
 MASKING = {"on": True}  # int4_fidelity turns it off: it scores the replies' end tokens
@@ -167,20 +214,19 @@ def mask_stop_tokens(llm: Any) -> None:
         if MASKING["on"]:
             output.logits[..., stop] = float("-inf")
 
-    llm.model.register_forward_hook(hook)
-    from agent.llm.leanstep import LeanDecode
+    llm.model.register_forward_hook(hook)  # generate
+    from agent.llm.decoding import Sampler
 
-    if not getattr(LeanDecode.step, "masks_stop_tokens", False):  # the lean step does not call the model's forward
-        lean_step = LeanDecode.step
+    if not getattr(Sampler.choose, "masks_stop_tokens", False):  # the engine (lean steps and graphs call no forward)
+        choose = Sampler.choose
 
-        def masked(self: Any, *args: Any, **kwargs: Any) -> Any:
-            logits = lean_step(self, *args, **kwargs)
-            if logits is not None and MASKING["on"]:
-                logits[..., stop] = float("-inf")
-            return logits
+        def masked(self: Any, logits: Any) -> int:
+            if MASKING["on"]:
+                logits[stop] = float("-inf")
+            return choose(self, logits)
 
         masked.masks_stop_tokens = True  # type: ignore[attr-defined]
-        LeanDecode.step = masked  # type: ignore[method-assign]
+        Sampler.choose = masked  # type: ignore[method-assign]
 
 
 def request(index: int, new_tokens: int, adapter: str | None = None, tools: bool = False) -> Any:
@@ -203,9 +249,10 @@ Run = Callable[[], Sample]
 
 
 class Bench:
-    def __init__(self, llm: Any, new_tokens: int) -> None:
+    def __init__(self, llm: Any, new_tokens: int, graph_tokens: int) -> None:
         self.llm = llm
         self.new_tokens = new_tokens
+        self.graph_tokens = graph_tokens
         # The grammar's cost alone: the same model, prompt (tool schemas included) and packing, decoded freely.
         self.free = self.variant(constrained=False)
 
@@ -213,8 +260,11 @@ class Bench:
         """An engine on the same model and packing, without a prefix cache, with `changes` to its arguments."""
         from agent.llm.engine import TransformersLLM
 
-        options = {"name": self.llm.name, "prefix_cache_mb": 0, "int4": "off" if self.llm.int4 is None else "on"}
-        return TransformersLLM(self.llm.model, self.llm.tokenizer, **{**options, **changes})
+        options = {"name": self.llm.name, "prefix_cache_mb": 0, "int4": "off" if self.llm.int4 is None else "on",
+                   "graph_tokens": self.graph_tokens}
+        llm = TransformersLLM(self.llm.model, self.llm.tokenizer, **{**options, **changes})
+        llm.max_batch = self.llm.max_batch
+        return llm
 
     def runs(self, sessions: list[int], adapters: int, folder: Path) -> list[tuple[str, Run]]:
         """Every measurement, by name; the first is the baseline, the second the engine at batch 1."""
@@ -236,6 +286,8 @@ class Bench:
         if self.llm.lean is not None:  # the same engine, decode steps through transformers' forward
             runs += self.same_requests(self.variant(lean_decode=False), "transformers' forward (lean_decode off)",
                                        sessions)
+        if self.llm.scheduler.slots is not None:  # the same engine, eager steps over the growing cache
+            runs += self.same_requests(self.variant(cuda_graphs=False), "eager steps (cuda_graphs off)", sessions)
         if adapters:
             runs += self.adapter_runs(adapters, folder)
         return runs
@@ -254,7 +306,8 @@ class Bench:
 
         names = make_adapters(self.llm.model, folder, count)
         tuned = TransformersLLM(copy.deepcopy(self.llm.model), self.llm.tokenizer, prefix_cache_mb=0, adapters={
-            name: folder / name for name in names})
+            name: folder / name for name in names}, graph_tokens=self.graph_tokens)
+        tuned.max_batch = self.llm.max_batch
         self.engine(tuned, [request(i, 2, adapter=name) for i, name in enumerate(names)])  # load them all
         runs: list[tuple[str, Run]] = []
         for label, chosen in (("base rows, PEFT loaded", [None] * count), ("one adapter", [names[0]] * count),
@@ -416,7 +469,7 @@ def adapter_switch(base: Any, rounds: int) -> list[dict[str, Any]]:
         previous = 1
         for i in range(2 * repeats):  # adapters 0, 0, 1, 1, 0, 0, ...: every other request switches
             chosen = (i // 2) % 2
-            took = _ms(lambda c=chosen: llm.complete(ask[c]))  # type: ignore[misc]
+            took = _ms(partial(llm.complete, ask[chosen]))
             (same if chosen == previous else alternating).append(took)
             previous = chosen
         peft = PeftModel.from_pretrained(copy.deepcopy(base.model), str(Path(folder) / names[0]),
@@ -489,7 +542,7 @@ def int4_fidelity(llm: Any) -> dict[str, Any]:
     return result
 
 
-def _ms(work: Callable[[], None]) -> float:
+def _ms(work: Callable[[], object]) -> float:
     started = time.perf_counter()
     work()
     return (time.perf_counter() - started) * 1000

@@ -37,7 +37,7 @@ def recorded(name: str) -> Iterator[Path]:
         file.write(f"# {name} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
                    f"Python {platform.python_version()}), load average {os.getloadavg()}\n")
         real = sys.stdout
-        sys.stdout = _Tee(real, file)  # type: ignore[assignment]
+        sys.stdout = _Tee(real, file)
         try:
             yield path
         finally:

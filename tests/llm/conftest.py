@@ -2,7 +2,9 @@
 
 The bundled GGUF is converted once per session into the session `model_cache_dir` (~40 s on 2 cores); every
 test here, tiny-model ones included, reuses that conversion for the real 49k-token SmolLM2 tokenizer.
-Set METAGENT_TEST_MODEL_CACHE to a directory to keep the conversion between sessions while developing.
+Set METAGENT_TEST_MODEL_CACHE to a directory to keep the conversion between sessions while developing, or
+METAGENT_TEST_TOKENIZER to a directory holding just the tokenizer's files (tokenizer.json, tokenizer_config.json,
+chat_template.jinja) where the bundled model's package is not installed: the tiny-model tests need only those.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ def bundled_dir(model_cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(bundled_dir: Path) -> Any:
+def tokenizer(request: pytest.FixtureRequest) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(bundled_dir), local_files_only=True)
+    folder = os.environ.get("METAGENT_TEST_TOKENIZER") or str(request.getfixturevalue("bundled_dir"))
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 @pytest.fixture(scope="session")
