@@ -28,6 +28,7 @@ def report(settings: Settings) -> dict[str, Any]:
         from agent.llm.leanstep import describe as describe_lean
 
         rows["decode step"] = describe_lean(settings.model.lean_decode, settings.model.path)
+        rows["CUDA graphs"] = _graphs(settings)
     rows["model cache"] = str(settings.model_cache_dir)
     rows["data directory"] = str(settings.home)
     rows["workspace"] = str(settings.workspace_dir)
@@ -64,6 +65,18 @@ def _int4(settings: Settings) -> str:
 
     device = pick_device(settings.model.device)  # the device loading will choose
     return describe(settings.model.int4, settings.model.path, device, settings.model.dtype)
+
+
+def _graphs(settings: Settings) -> str:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch not installed"
+    from agent.llm.loading import pick_device
+    from agent.llm.slots import describe
+
+    model = settings.model
+    return describe(model.cuda_graphs, pick_device(model.device), model.max_batch, model.graph_tokens)
 
 
 def _bundled_gguf() -> str:

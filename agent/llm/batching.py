@@ -102,10 +102,12 @@ class KVBatch:
         self.positions = torch.cat([self.positions, other.positions])
 
     def step(self, tokens: Sequence[int], route: Route, adapters: Sequence[str],
-             lean: LeanDecode | None = None) -> Any:
+             lean: LeanDecode | None = None, meanwhile: Callable[[], None] | None = None) -> Any:
         """Feed each row its last token; the next-token logits, [B, vocab] float32 on the CPU.
 
         With `lean`, the step runs leanstep.LeanDecode where it applies, else transformers' forward.
+        `meanwhile` runs once the forward is queued and before its logits are waited for (on a GPU the host
+        works while the device computes; on a CPU the forward has finished by then).
         """
         import torch
 
@@ -120,6 +122,8 @@ class KVBatch:
                                   **forward_arguments(self._model, self.cache))
                 logits = out.logits[:, -1]
         self.positions = self.positions + 1
+        if meanwhile is not None:
+            meanwhile()
         return _host(logits)
 
     def keep(self, rows: Sequence[int]) -> None:

@@ -50,19 +50,29 @@ class Sampler:
         # numpy, single-threaded: see TokenConstraint on small torch ops on a busy CPU.
         return _choose_numpy(logits.numpy(), self.temperature)
 
-    def accept(self, token: int) -> bool:
-        """Record a chosen token; True when it is text. Sets `finish_reason` once the request is done."""
+    def accept(self, token: int, defer: bool = False) -> bool:
+        """Record a chosen token; True when it is text. Sets `finish_reason` once the request is done.
+
+        `defer`: leave the grammar's next mask, and so the check that it admits only the end token, to
+        `prepare` (the batch loop calls it while the device computes the next step).
+        """
         self.token_ids.append(token)
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return False
         if self.constraint is not None:
-            self.constraint.advance(token)
-            if self.constraint.finished:  # only the end token is left: no need to compute it
+            self.constraint.advance(token, fill=not defer)
+            if not defer and self.constraint.finished:  # only the end token is left: no need to compute it
                 self.finish_reason = "stop"
         if self.finish_reason is None and len(self.token_ids) >= self.max_new_tokens:
             self.finish_reason = "length"
         return True
+
+    def prepare(self) -> None:
+        """Compute the grammar's mask for the next token now (after `accept(..., defer=True)`); sets
+        `finish_reason` when the grammar admits only the end token, so the request is done without it."""
+        if self.constraint is not None and self.finish_reason is None and self.constraint.finished:
+            self.finish_reason = "stop"
 
 
 class Generation:

@@ -117,13 +117,13 @@ class TokenConstraint:
         self._vocab_size = vocab_size
         self._stop_ids = np.array(sorted(stop_ids), dtype=np.int64)
         self._bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
-        self._allowed = self._fill()
+        self._allowed: Any = self._fill()  # None: not computed since the last token (see `prepare`)
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits (1-D, one per vocabulary entry) of every token the grammar forbids to -inf."""
         import torch
 
-        forbidden = ~self._allowed
+        forbidden = ~self.prepare()
         n = min(self._vocab_size, logits.shape[-1])
         logits[n:] = float("-inf")
         if logits.device.type == "cpu":
@@ -131,19 +131,28 @@ class TokenConstraint:
         else:
             logits[:n].masked_fill_(torch.from_numpy(forbidden[:n]).to(logits.device), float("-inf"))
 
-    def advance(self, token_id: int) -> None:
+    def advance(self, token_id: int, fill: bool = True) -> None:
+        """Feed the chosen token to the grammar; `fill=False` leaves the next mask to `prepare` (or first use)."""
         if not self._matcher.accept_token(token_id):
             raise LLMError(f"constrained decoding failed: the grammar rejected token {token_id}")
-        if not self._matcher.is_terminated():
+        self._allowed = None
+        if fill:
+            self.prepare()
+
+    def prepare(self) -> Any:
+        """The allowed next tokens (a bool array), computed now if not yet since the last token."""
+        if self._allowed is None and not self._matcher.is_terminated():
             self._allowed = self._fill()
+        return self._allowed
 
     @property
     def finished(self) -> bool:
         """True when the grammar admits nothing but an end token (so computing it can be skipped)."""
         if self._matcher.is_terminated():
             return True
-        count = int(self._allowed.sum())
-        return count <= len(self._stop_ids) and int(self._allowed[self._stop_ids].sum()) == count
+        allowed = self.prepare()
+        count = int(allowed.sum())
+        return count <= len(self._stop_ids) and int(allowed[self._stop_ids].sum()) == count
 
     def _fill(self) -> Any:
         import numpy as np

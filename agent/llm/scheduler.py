@@ -96,6 +96,9 @@ class Scheduler:
         self.max_batch = max_batch
         self.prefix = prefix  # prompts' KV for reuse; None: every prompt is prefilled whole
         self.slots = slots  # the static KV cache that CUDA graphs replay (slots.py); None: KVBatch only
+        # grammar masks for a step's choices are computed while the device runs the step (the forward is
+        # asynchronous on a GPU); on a CPU, right after each token as before (nothing to overlap)
+        self.overlap = getattr(getattr(model, "device", None), "type", None) == "cuda"
         self._inbox: deque[Job] = deque()
         self._wake = threading.Lock()
         self._running = False
@@ -193,26 +196,44 @@ class Scheduler:
         if self._batch is None:
             return
         started = time.perf_counter()
+        rows = self._rows
+
+        def prepare() -> None:  # each row's grammar mask for this step's choice (deferred by `_emit`)
+            for row in rows:
+                row.job.sampler.prepare()
+
         try:
             with self._decoding():
-                logits = self._batch.step([r.last for r in self._rows], self._lora.route,
-                                          [r.adapter for r in self._rows], self._lean)
+                logits = self._batch.step([r.last for r in rows], self._lora.route, [r.adapter for r in rows],
+                                          self._lean, prepare if self.overlap else None)
         except Exception as e:
-            for row in self._rows:
-                row.job.events.put(_model_error(e, f"a batch of {len(self._rows)} requests"))
+            for row in rows:
+                row.job.events.put(_model_error(e, f"a batch of {len(rows)} requests"))
             self._keep([])
             return
-        keep = [i for i, row in enumerate(self._rows)
-                if not row.job.cancelled and self._emit(row, row.job.sampler.choose(logits[i]))]
+        keep = []
+        for i, row in enumerate(rows):
+            if row.job.cancelled or self._finished(row):
+                continue
+            if self._emit(row, row.job.sampler.choose(logits[i])):
+                keep.append(i)
         self.steps += 1
         self.step_s += time.perf_counter() - started
         self._keep(keep)
+
+    def _finished(self, row: _Row) -> bool:
+        """The row's grammar admits only the end token (found by `prepare` during the step): it is done."""
+        sampler = row.job.sampler
+        if sampler.finish_reason is None:
+            return False
+        row.job.events.put(Done(sampler.finish_reason, len(sampler.token_ids)))
+        return True
 
     def _emit(self, row: _Row, token: int) -> bool:
         """Hand a chosen token to the row's caller; False when the row is done."""
         sampler = row.job.sampler
         try:
-            is_text = sampler.accept(token)
+            is_text = sampler.accept(token, defer=self.overlap)
         except LLMError as e:  # the grammar rejected the token
             row.job.events.put(e)
             return False

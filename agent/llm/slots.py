@@ -170,6 +170,16 @@ class SlotCache:
             buffer[:len(rows), :, :longest].copy_(buffer[:, :, :longest].index_select(0, index))
 
 
+def describe(enabled: bool, device: str, rows: int, tokens: int) -> str:
+    """What decode steps on `device` will do with [model] cuda_graphs (`metagent doctor`)."""
+    if not device.startswith("cuda"):
+        return f"not used (decode runs on {device})"
+    if not enabled:
+        return "off ([model] cuda_graphs = false): eager decode steps"
+    return (f"on where the decode step is lean: a static KV cache of {rows} rows x {tokens} positions (capped by "
+            "the model's context), allocated on the first request")
+
+
 def cuda_graph(body: Callable[[], None], pool: Any) -> tuple[Replay, Any]:
     """`body` captured as a CUDA graph in `pool`, after one warm-up run on a side stream (PyTorch's recipe).
 
@@ -233,8 +243,8 @@ class SlotBatch:
         self.demoted.merge(other)
 
     def step(self, tokens: Sequence[int], route: Route, adapters: Sequence[str],
-             lean: LeanDecode | None = None) -> Any:
-        """Feed each row its last token; the next-token logits, [B, vocab] float32 on the CPU."""
+             lean: LeanDecode | None = None, meanwhile: Callable[[], None] | None = None) -> Any:
+        """Feed each row its last token; the next-token logits, [B, vocab] float32 on the CPU (see KVBatch.step)."""
         import torch
 
         if self.demoted is None and max(self.lengths) >= self._slots.tokens:
@@ -243,12 +253,14 @@ class SlotBatch:
             with torch.inference_mode(), route(adapters) as router:
                 if self._slots.lean.usable(router):
                     graphed = router is None or not router.has_lora_rows
-                    logits = _host(self._slots.run(tokens, self.lengths, graphed, router))
+                    queued = self._slots.run(tokens, self.lengths, graphed, router)
                     self.lengths = [n + 1 for n in self.lengths]
-                    return logits
+                    if meanwhile is not None:
+                        meanwhile()
+                    return _host(queued)
             self._demote()
         assert self.demoted is not None
-        return self.demoted.step(tokens, route, adapters, lean)
+        return self.demoted.step(tokens, route, adapters, lean, meanwhile)
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows (in this order): their slots move down to 0, 1, ..."""

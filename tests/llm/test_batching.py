@@ -364,8 +364,14 @@ def test_max_batch_caps_the_batch_and_queues_the_rest(tiny_model: TinyFactory, t
     assert llm.scheduler.max_rows_seen == 2
 
 
-def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFactory, tokenizer: Any) -> None:
+@pytest.mark.parametrize("overlap", [False, True])
+def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFactory, tokenizer: Any,
+                                                            overlap: bool) -> None:
+    """Also with the grammar masks computed during the step (`overlap`, a GPU's default): the same replies."""
     llm = TransformersLLM(tiny_model(3), tokenizer)
+    llm.scheduler.overlap = overlap
+    reference = TransformersLLM(tiny_model(3), tokenizer)
+    assert reference.scheduler.overlap is False  # a CPU model
     tool_sets = [(LOOKUP,), (WEATHER, SEARCH), (LOOKUP, WEATHER, SEARCH), (SEARCH,)]
     calls = [ask("Call something.", 1000, tools=tools, tool_choice="required", temperature=t)
              for tools, t in zip(tool_sets, (0.0, 0.0, 1.0, 1.0), strict=True)]
@@ -378,4 +384,43 @@ def test_constrained_rows_in_a_batch_still_make_valid_calls(tiny_model: TinyFact
     choice, free = replies[-2], replies[-1]
     assert isinstance(choice, LLMReply) and choice.text in choices
     greedy = [calls[0], calls[1], *others]
-    assert texts([replies[0], replies[1], choice, free]) == texts([llm.complete(r) for r in greedy])
+    alone = [reference.complete(r) for r in greedy]
+    together = [replies[0], replies[1], choice, free]
+    assert texts(together) == texts(alone)
+    assert [r.usage for r in together] == [r.usage for r in alone]  # type: ignore[union-attr]
+    assert [r.finish_reason for r in together] == [r.finish_reason for r in alone]  # type: ignore[union-attr]
+
+
+def test_overlapped_grammar_masks_are_computed_during_the_step(tiny_model: TinyFactory, tokenizer: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `overlap`, a token's grammar mask is computed inside the next step (after its forward is queued, before
+    its logits are read back), not between steps; without it, right after the token."""
+    from agent.llm.batching import KVBatch
+    from agent.llm.grammar import TokenConstraint
+
+    where: list[bool] = []  # per mask computed: inside a decode step?
+    inside = [False]
+    fill, step = TokenConstraint._fill, KVBatch.step
+
+    def counted_fill(self: TokenConstraint) -> Any:
+        where.append(inside[0])
+        return fill(self)
+
+    def flagged_step(self: KVBatch, *args: Any, **kwargs: Any) -> Any:
+        inside[0] = True
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(TokenConstraint, "_fill", counted_fill)
+    monkeypatch.setattr(KVBatch, "step", flagged_step)
+    request = ask("Call something.", 1000, tools=(LOOKUP,), tool_choice="required")
+    for overlap in (False, True):
+        llm = TransformersLLM(tiny_model(3), tokenizer)
+        llm.scheduler.overlap = overlap
+        where.clear()
+        reply = llm.complete(request)
+        assert_valid_calls(reply, (LOOKUP,))
+        assert where.count(False) == (1 if overlap else len(where))  # overlap: only the request's first mask
+        assert len(where) > 5

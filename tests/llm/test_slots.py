@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.config import ModelSettings
+from agent.config import ModelSettings, Settings
+from agent.doctor import report
 from agent.llm.batching import KVBatch, Route
 from agent.llm.engine import TransformersLLM
 from agent.llm.leanstep import LeanDecode
 from agent.llm.lorarouter import BASE
-from agent.llm.slots import SlotBatch, SlotCache
+from agent.llm.slots import SlotBatch, SlotCache, describe
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_int4 import route as no_adapters
@@ -208,7 +209,9 @@ def test_engine_replies_are_the_same_through_the_slots(tiny_model: TinyFactory, 
     assert texts([llm.complete(r) for r in first]) == texts(alone[:3])
 
 
-def test_settings_and_where_slots_are_made(tiny_model: TinyFactory) -> None:
+def test_settings_and_where_slots_are_made(tiny_model: TinyFactory, settings: Settings) -> None:
+    import torch
+
     assert ModelSettings().cuda_graphs is True and ModelSettings().graph_tokens == 4096
     with pytest.raises(ValidationError, match="graph_tokens"):
         ModelSettings(graph_tokens=16)
@@ -216,6 +219,11 @@ def test_settings_and_where_slots_are_made(tiny_model: TinyFactory) -> None:
     lean = LeanDecode.build(model, None)
     assert SlotCache.for_model(model, lean, 4096, graphs=True) is None  # CPU: no graphs to replay
     assert SlotCache.for_model(model, None, 4096, graphs=True) is None
+    assert report(settings)["CUDA graphs"] == ("not used (decode runs on cpu)" if not torch.cuda.is_available() else
+                                               describe(True, "cuda", 8, 4096))
+    assert describe(False, "cuda", 8, 4096) == "off ([model] cuda_graphs = false): eager decode steps"
+    assert describe(True, "cuda:0", 16, 2048).startswith("on where the decode step is lean: a static KV cache of "
+                                                         "16 rows x 2048 positions")
 
 
 @CUDA
