@@ -275,3 +275,20 @@ def test_doctor_says_which_forward_decode_steps_run(settings: Settings, tmp_path
         "transformers' forward (gemma is not one of llama, mistral, qwen2)")
     assert describe(True, str(tmp_path / "qwen")).startswith("lean at load for qwen2 models")
     assert describe(True, str(tmp_path / "model.gguf")).startswith("lean at load for llama, mistral, qwen2 models")
+
+
+def test_the_transposed_output_layer_follows_its_weight(tiny_model: TinyFactory) -> None:
+    import torch
+
+    from agent.llm import leanstep
+
+    model = tiny_model(4)
+    lean = LeanDecode.build(model, None)
+    assert lean is not None and leanstep.COLUMN_HEAD_ROWS >= 1
+    fast, _ = KVBatch.prefill(model, PROMPTS[1], no_adapters, BASE)
+    slow, _ = KVBatch.prefill(model, PROMPTS[1], no_adapters, BASE)
+    assert_close(fast.step([3], no_adapters, [BASE], lean), slow.step([3], no_adapters, [BASE]), 1e-5)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(-2.0)  # changed in place, as training might
+    mine, theirs = fast.step([4], no_adapters, [BASE], lean), slow.step([4], no_adapters, [BASE])
+    assert_close(mine, theirs, 1e-5)
