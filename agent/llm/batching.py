@@ -216,8 +216,9 @@ def _growing_class() -> type:
 
 
 def _host(logits: torch.Tensor) -> torch.Tensor:
-    """Logits as an ordinary float32 CPU tensor (outside inference mode, so the grammar can mask it in place)."""
-    return logits.float().cpu().clone()
+    """Logits as a new, ordinary float32 CPU tensor (call outside inference mode: the grammar masks it in place)."""
+    out = logits.float().cpu()
+    return out if out is not logits and not out.is_inference() else out.clone()
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

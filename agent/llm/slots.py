@@ -31,6 +31,7 @@ the KVBatch gets every row's keys and values, left-padded, with the same mask an
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LENGTH_BUCKET_MIN = 256  # the shortest attended length a graph is captured for
+_CAPTURING = threading.Lock()
 
 
 class Replay(Protocol):
@@ -119,7 +121,7 @@ class SlotCache:
                 return False
             self._inputs = torch.zeros((2, rows), dtype=torch.long, device=device)
             vocab = int(self.model.get_output_embeddings().weight.shape[0])
-            self._logits = torch.zeros((rows, vocab), dtype=dtype, device=device)
+            self._logits = torch.zeros((rows, vocab), dtype=torch.float32, device=device)  # what the host reads
             self.rows = rows
         self.in_use = True
         return True
@@ -152,7 +154,13 @@ class SlotCache:
             def body() -> None:
                 logits[:bucket].copy_(self.lean.slot_step(self, bucket, length, None))
 
-            graph, self._pool = self.capture(body, self._pool)
+            try:
+                graph, self._pool = self.capture(body, self._pool)
+            except Exception as e:  # a kernel that cannot be captured, or out of memory while capturing
+                self.capture = None
+                log.warning("capturing a decode step as a CUDA graph failed (%s: %s); decode steps run eagerly "
+                            "from now on", type(e).__name__, e)
+                return self.lean.slot_step(self, rows, length, router)
             self._graphs[(bucket, length)] = graph
         graph.replay()
         self.replays += 1
@@ -162,7 +170,11 @@ class SlotCache:
         """Slots rows[0], rows[1], ... become slots 0, 1, ... (their first lengths[j] positions)."""
         import torch
 
-        if list(rows) == list(range(len(rows))):
+        if all(b > a for a, b in zip(rows, rows[1:], strict=False)):  # increasing (the scheduler's drops): row j
+            for j, (row, length) in enumerate(zip(rows, lengths, strict=True)):  # moves down from a slot >= j
+                if row != j:  # that no earlier move wrote
+                    for buffer in (*self.keys, *self.values):
+                        buffer[j, :, :length].copy_(buffer[row, :, :length])
             return
         longest = max(lengths)
         index = torch.tensor(list(rows), dtype=torch.long, device=self.keys[0].device)
@@ -188,14 +200,19 @@ def cuda_graph(body: Callable[[], None], pool: Any) -> tuple[Replay, Any]:
     """
     import torch
 
-    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        body()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):  # other threads may use CUDA
-        body()
+    with _CAPTURING:  # one capture at a time in the process (they share the default capture stream)
+        previous = torch.cuda.current_stream()
+        try:
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            stream.wait_stream(previous)
+            with torch.cuda.stream(stream):
+                body()
+            previous.wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):  # other threads use CUDA
+                body()
+        finally:
+            torch.cuda.set_stream(previous)  # also where the capture failed inside torch.cuda.graph's exit
     return graph, graph.pool()
 
 
@@ -206,11 +223,14 @@ class SlotBatch:
         self._slots = slots
         self.lengths: list[int] = []  # each row's filled positions (its next token's position)
         self.demoted: KVBatch | None = None  # where the rows went when the slots could not hold them
+        self._too_long = False  # demoted because a row reached the end of its slot: back once it leaves
 
     @classmethod
     def start(cls, slots: SlotCache | None, piece: KVBatch, rows: int) -> KVBatch | SlotBatch:
         """A batch holding `piece`'s rows: in the slots when they are free and hold it, else `piece` itself."""
-        if slots is None or not piece.mergeable or not slots.claim(rows):
+        if slots is None or not piece.mergeable or piece.size > rows or int(piece.positions.max()) >= slots.tokens:
+            return piece  # (no slots, or a prompt as long as a slot: the batch starts as a KVBatch)
+        if not slots.claim(rows):
             return piece
         batch = cls(slots)
         batch.merge(piece)
@@ -249,15 +269,18 @@ class SlotBatch:
 
         if self.demoted is None and max(self.lengths) >= self._slots.tokens:
             self._demote()  # a row would write past its slot
+            self._too_long = True
         if self.demoted is None:
+            queued = None
             with torch.inference_mode(), route(adapters) as router:
                 if self._slots.lean.usable(router):
                     graphed = router is None or not router.has_lora_rows
                     queued = self._slots.run(tokens, self.lengths, graphed, router)
-                    self.lengths = [n + 1 for n in self.lengths]
-                    if meanwhile is not None:
-                        meanwhile()
-                    return _host(queued)
+            if queued is not None:
+                self.lengths = [n + 1 for n in self.lengths]
+                if meanwhile is not None:
+                    meanwhile()
+                return _host(queued)  # outside inference mode: the samplers mask it in place
             self._demote()
         assert self.demoted is not None
         return self.demoted.step(tokens, route, adapters, lean, meanwhile)
@@ -266,11 +289,22 @@ class SlotBatch:
         """Keep only these rows (in this order): their slots move down to 0, 1, ..."""
         if self.demoted is not None:
             self.demoted.keep(rows)
+            self._promote()
             return
         lengths = [self.lengths[r] for r in rows]
         if lengths:
             self._slots.move(rows, lengths)
         self.lengths = lengths
+
+    def _promote(self) -> None:
+        """Back into the slots, once the rows that were too long for them have left (and the slots are free)."""
+        demoted, slots = self.demoted, self._slots
+        if not self._too_long or demoted is None or demoted.size > slots.rows:
+            return
+        if int(demoted.positions.max()) >= slots.tokens or not slots.claim(slots.rows):
+            return
+        self.demoted, self.lengths, self._too_long = None, [], False
+        self.merge(demoted)
 
     def close(self) -> None:
         """The batch is over: its slots are free for the next one."""

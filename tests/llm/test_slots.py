@@ -23,11 +23,13 @@ from agent.llm.engine import TransformersLLM
 from agent.llm.leanstep import LeanDecode
 from agent.llm.lorarouter import BASE
 from agent.llm.slots import SlotBatch, SlotCache, describe
+from agent.types import Constraint
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
 from tests.llm.test_int4 import route as no_adapters
 from tests.llm.test_leanstep import PROMPTS, assert_close
 from tests.llm.test_llm_adapters import make_lora
+from tests.llm.test_llm_engine import LOOKUP, SEARCH, WEATHER, assert_valid_calls
 
 # Row 1 (250 tokens) crosses 256 positions at the 7th step; row 0 leaves after the 2nd. Graphs: 3 rows (bucket
 # 4) over 256 positions, then 2 rows over 256, then over 512.
@@ -109,15 +111,21 @@ def test_replayed_steps_give_the_same_logits_and_one_graph_per_bucket(tiny_model
     assert sorted(slots._graphs) == BUCKETS and capture.captures == 3
 
 
-def test_long_rows_and_full_slots_go_to_a_kv_batch(tiny_model: TinyFactory) -> None:
+def test_long_rows_go_to_a_kv_batch_and_the_rest_come_back(tiny_model: TinyFactory) -> None:
     model = tiny_model(3)
     slots = slot_cache(model, tokens=48)  # PROMPTS[0] has 41 tokens: it reaches the end of its slot at step 7
-    steps = list(twin_steps(model, slots, steps=10, drop_after=8))
-    for mine, theirs, _ in steps:
+    where: list[str] = []
+    for index, (mine, theirs, batch) in enumerate(twin_steps(model, slots, steps=12, drop_after=8)):
         assert_close(mine, theirs, 1e-5)
-    batch = steps[-1][2]
-    assert batch.demoted is not None and batch.size == 2 and not slots.in_use
-    assert [tuple(m.shape) for m, _, _ in steps][-1] == (2, 49152)
+        where.append("kv" if batch.demoted is not None else "slots")
+        assert slots.in_use == (batch.demoted is None)
+        assert tuple(mine.shape) == ((3 if index <= 8 else 2), 49152)
+    # steps 0-6 in the slots, 7-8 in a KVBatch, and back once the long row has left
+    assert where == ["slots"] * 7 + ["kv"] * 2 + ["slots"] * 3
+
+
+def test_full_slots_and_prompts_as_long_as_a_slot_go_to_a_kv_batch(tiny_model: TinyFactory) -> None:
+    model = tiny_model(3)
     # a newcomer when every slot is taken (max_batch raised since the slots were made) demotes the batch too
     slots = slot_cache(model)
     full = SlotBatch.start(slots, KVBatch.prefill(model, PROMPTS[1], no_adapters, BASE)[0], 1)
@@ -127,6 +135,37 @@ def test_long_rows_and_full_slots_go_to_a_kv_batch(tiny_model: TinyFactory) -> N
     reference = KVBatch.prefill(model, PROMPTS[1], no_adapters, BASE)[0]
     reference.merge(KVBatch.prefill(model, PROMPTS[2], no_adapters, BASE)[0])
     assert_close(full.step([5, 6], no_adapters, [BASE] * 2), reference.step([5, 6], no_adapters, [BASE] * 2), 1e-5)
+    # a first prompt that fills a slot never takes the slots (nor leaves them taken)
+    short = slot_cache(model, tokens=41)
+    piece = KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE)[0]  # 41 tokens
+    assert SlotBatch.start(short, piece, 4) is piece and not short.in_use and short.rows == 0
+
+
+def test_rows_kept_out_of_order_move_to_their_new_slots(tiny_model: TinyFactory) -> None:
+    model = tiny_model(3)
+    steps = twin_steps(model, slot_cache(model), steps=1)
+    mine, theirs, batch = next(steps)
+    reference = KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE)[0]
+    for prompt in PROMPTS[1:]:
+        reference.merge(KVBatch.prefill(model, prompt, no_adapters, BASE)[0])
+    reference.step([7] * 3, no_adapters, [BASE] * 3)
+    batch.keep([2, 0])
+    reference.keep([2, 0])
+    assert batch.lengths == [len(PROMPTS[2]) + 1, len(PROMPTS[0]) + 1]
+    assert_close(batch.step([5, 6], no_adapters, [BASE] * 2), reference.step([5, 6], no_adapters, [BASE] * 2), 1e-5)
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_from_then_on(tiny_model: TinyFactory,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    def broken(body: Callable[[], None], pool: Any) -> tuple[Any, Any]:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    model = tiny_model(3)
+    slots = slot_cache(model, capture=broken)
+    for mine, theirs, _ in twin_steps(model, slots, steps=4):
+        assert_close(mine, theirs, 1e-5)
+    assert slots.capture is None and slots.replays == 0 and slots._graphs == {}
+    assert "decode steps run eagerly from now on" in caplog.text
 
 
 def test_slots_in_use_or_too_big_leave_the_batch_to_kv_batch(tiny_model: TinyFactory,
@@ -207,6 +246,32 @@ def test_engine_replies_are_the_same_through_the_slots(tiny_model: TinyFactory, 
     assert texts(batched(llm, first, late)) == texts(alone)
     assert slots.replays > 0 and not slots.in_use  # the batch ended: its slots are free
     assert texts([llm.complete(r) for r in first]) == texts(alone[:3])
+    # a first prompt longer than a slot decodes in a KVBatch and leaves the slots free for the next batch
+    long = ask("Sort these: " + ", ".join(str(n * 7919 % 1000) for n in range(150)), 6)
+    assert len(llm.prompt_ids(long)) > 256
+    replays = slots.replays
+    assert llm.complete(long).text == plain.complete(long).text
+    assert slots.replays == replays and not slots.in_use
+    assert llm.complete(first[0]).text == alone[0].text and slots.replays > replays
+
+
+def test_constrained_requests_through_the_slots(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    """Tool calls and choices decode through the slots, with the grammar masks computed during the step (the
+    GPU's way), as they decode through transformers' forward."""
+    llm = TransformersLLM(tiny_model(3), tokenizer)
+    assert llm.lean is not None
+    slots = llm.scheduler.slots = SlotCache(llm.model, llm.lean, 1024, Rerun())
+    llm.scheduler.overlap = True
+    reference = TransformersLLM(tiny_model(3), tokenizer, lean_decode=False)
+    requests = [ask("Call something.", 1000, tools=(LOOKUP,), tool_choice="required"),
+                ask("Call something else.", 1000, tools=(WEATHER, SEARCH), tool_choice="required"),
+                ask("Pick one.", 20, constraint=Constraint(choices=("math", "chit-chat", "search the web")))]
+    replies = batched(llm, requests)
+    alone = [reference.complete(r) for r in requests]
+    assert texts(replies) == texts(alone)
+    assert_valid_calls(replies[0], (LOOKUP,))  # type: ignore[arg-type]
+    assert [r.usage for r in replies] == [r.usage for r in alone]  # type: ignore[union-attr]
+    assert slots.replays > 0 and not slots.in_use
 
 
 def test_settings_and_where_slots_are_made(tiny_model: TinyFactory, settings: Settings) -> None:
@@ -249,4 +314,32 @@ def test_cuda_engine_replies_are_the_same_with_and_without_graphs(tiny_model: Ti
     requests = [ask("Hi.", 16), ask("Tell me a long story about the sea, please.", 20), ask("2+2?", 8)]
     alone = [eager.complete(r) for r in requests]
     assert texts(batched(graphed, requests)) == texts(alone)
+    assert graphed.scheduler.slots.replays > 0
+
+
+@CUDA
+def test_cuda_graph_replays_far_into_the_context(tiny_model: TinyFactory) -> None:
+    """Attended lengths of 2048 and 4096 (the kernels SDPA picks for long masked keys differ from short ones)."""
+    import torch
+
+    model = tiny_model(3, max_positions=8192).to("cuda", torch.bfloat16)
+    slots = SlotCache.for_model(model, LeanDecode.build(model, None), 4096, graphs=True)
+    assert slots is not None
+    prompts = [list(range(1000, 3030)), list(range(500, 2540))]  # 2030 and 2040 tokens: 2048, then 4096
+    for mine, theirs, _ in twin_steps(model, slots, prompts, steps=12, drop_after=9):
+        assert_close(mine, theirs, 2e-2)
+    assert slots.replays == 12 and sorted(slots._graphs) == [(1, 4096), (2, 2048), (2, 4096)]
+
+
+@CUDA
+def test_cuda_constrained_replies_through_graphs(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    model = tiny_model(3).to("cuda")
+    graphed = TransformersLLM(model, tokenizer)
+    eager = TransformersLLM(model, tokenizer, cuda_graphs=False)
+    assert graphed.scheduler.overlap and graphed.scheduler.slots is not None
+    requests = [ask("Call something.", 1000, tools=(LOOKUP,), tool_choice="required"),
+                ask("Pick one.", 20, constraint=Constraint(choices=("math", "chit-chat", "search the web")))]
+    replies = batched(graphed, requests)
+    assert texts(replies) == texts([eager.complete(r) for r in requests])
+    assert_valid_calls(replies[0], (LOOKUP,))  # type: ignore[arg-type]
     assert graphed.scheduler.slots.replays > 0
