@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 import torch, transformers
 print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())
 if torch.cuda.is_available():
-    print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB")
+    print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB",
+          "cudnn", torch.backends.cudnn.version())
 EOF
 
 METAGENT_TEST_TOKENIZER="$tokenizer" timeout "${TESTS_S:-240}" "$python" -m pytest -q -p no:cacheprovider \

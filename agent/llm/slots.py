@@ -22,10 +22,15 @@ cache, merges, row drops). So on CUDA the engine keeps one static cache instead 
 A step runs eagerly (the same `slot_step`, not replayed) for rows with LoRA adapters: the router's per-row
 products follow the batch's adapter mix, which changes as rows come and go.
 
-Whatever the slots cannot hold goes back to a `KVBatch` ("demotion"), and the batch decodes there until it
-empties: a row that reaches `tokens`, a newcomer when every slot is taken (max_batch raised meanwhile), or a
-step only transformers' forward serves (LoRA on embeddings, LoRA injected by a training run). Nothing is lost:
-the KVBatch gets every row's keys and values, left-padded, with the same mask and positions.
+Whatever the slots cannot hold goes back to a `KVBatch` ("demotion"): a row that reaches `tokens` (the batch
+comes back into the slots once that row has left), a newcomer when every slot is taken (max_batch raised
+meanwhile), or a step only transformers' forward serves (LoRA on embeddings, LoRA injected by a training run);
+those two decode there until the batch empties. Nothing is lost: the KVBatch gets every row's keys and values,
+left-padded, with the same mask and positions. A first prompt as long as a slot starts the batch as a KVBatch.
+
+A capture that fails (a kernel that cannot be captured, memory running out while capturing) turns graphs off for
+the engine with a warning; steps then run `slot_step` eagerly. Graphs are captured lazily, so the first step of
+each new (rows, length) pair costs a warm-up and a capture (two eager steps) on top of its replay.
 """
 
 from __future__ import annotations
