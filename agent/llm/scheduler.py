@@ -8,7 +8,12 @@ ids, then one `Done` (or an LLMError raised in that caller alone). The decode th
            its first token, and merge its cache into the running batch;
     step:  one forward of every row's last token, each row's own choice (grammar mask, repetition penalty,
            temperature), then rows that finished (end token, max_new_tokens, grammar complete) or whose
-           caller went away (`Job.cancel`: a stream closed early) leave the batch.
+           caller went away (`Job.cancel`: a stream closed early) leave the batch. On a GPU (`overlap`) the
+           grammar masks for a step's choices are computed while the device runs the step, and a row whose
+           grammar then admits only the end token leaves after that step without choosing.
+
+On a GPU where the model has the lean decode step, the batch lives in the static slot cache whose steps CUDA
+graphs replay (slots.py: `SlotBatch`, the same interface as `KVBatch`, which it falls back to).
 
 So a request that arrives while others decode joins them at the next step, and its first token does not wait
 for the batch to finish. A request that fails (its adapter does not load, its grammar rejects a token) fails
