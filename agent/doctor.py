@@ -52,7 +52,9 @@ def _device(settings: Settings) -> str:
     cuda = torch.cuda.is_available()
     gpu = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "no GPU"
     chosen = settings.model.device if settings.model.device != "auto" else ("cuda" if cuda else "cpu")
-    return f"{chosen} [{gpu}; {torch.get_num_threads()} CPU threads]"
+    from agent.llm.loading import cpu_threads
+
+    return f"{chosen} [{gpu}; {cpu_threads(settings.model.threads)} CPU threads]"
 
 
 def _int4(settings: Settings) -> str:

@@ -132,3 +132,15 @@ def test_the_bundled_model_loads_from_the_cache_quickly(bundled_dir: Path, setti
     assert not any("converting" in m for m in messages)
     assert loaded.device == "cpu" and loaded.dtype == "float32" and loaded.load_s < 20
     assert loaded.model.config.vocab_size == 49152 and loaded.tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize(("default", "setting", "expected"), [(2, 0, 1), (8, 0, 7), (1, 0, 1), (2, 3, 3)])
+def test_cpu_threads_leave_a_core_to_python_unless_set(monkeypatch: pytest.MonkeyPatch, default: int, setting: int,
+                                                       expected: int) -> None:
+    import torch
+
+    monkeypatch.setattr(loading, "_TORCH_DEFAULT_THREADS", [])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: default)
+    assert loading.cpu_threads(setting) == expected
+    monkeypatch.setattr(torch, "get_num_threads", lambda: expected)  # as after a load set it
+    assert loading.cpu_threads(setting) == expected  # torch's default is read once: a second load keeps the count
