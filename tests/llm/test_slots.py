@@ -223,7 +223,8 @@ def test_steps_only_transformers_serves_demote_the_batch(tiny_model: TinyFactory
                 parameter.copy_(torch.randn_like(parameter))
     mine = batch.step([8], no_adapters, [BASE])
     assert batch.demoted is not None  # the lean step would skip the injected LoRA
-    assert torch.equal(mine, reference.step([8], no_adapters, [BASE]))
+    # (close, not equal: the step-7 keys in the slots came from the lean step's fused products)
+    assert_close(mine, reference.step([8], no_adapters, [BASE]), 1e-5)
 
 
 def test_slot_steps_in_bfloat16(tiny_model: TinyFactory) -> None:
