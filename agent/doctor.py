@@ -44,11 +44,19 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def _device(settings: Settings) -> str:
+def _torch_installed() -> bool:
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def _device(settings: Settings) -> str:
+    if not _torch_installed():
         return "torch not installed"
+    import torch
+
     cuda = torch.cuda.is_available()
     gpu = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "no GPU"
     chosen = settings.model.device if settings.model.device != "auto" else ("cuda" if cuda else "cpu")
@@ -58,9 +66,7 @@ def _device(settings: Settings) -> str:
 
 
 def _int4(settings: Settings) -> str:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if not _torch_installed():
         return "torch not installed"
     from agent.llm.int4 import describe
     from agent.llm.loading import pick_device
@@ -70,9 +76,7 @@ def _int4(settings: Settings) -> str:
 
 
 def _graphs(settings: Settings) -> str:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if not _torch_installed():
         return "torch not installed"
     from agent.llm.loading import pick_device
     from agent.llm.slots import describe

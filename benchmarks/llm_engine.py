@@ -159,8 +159,6 @@ def throughput(llm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> Any:
     """The engine on the bundled model or a random-initialised one of `shape` (built on the device, in its dtype)."""
-    import torch
-
     from agent.config import Settings
     from agent.llm.engine import TransformersLLM
     from agent.llm.loading import load_model, pick_device, pick_dtype
@@ -175,26 +173,30 @@ def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> 
     else:
         loaded = load_model(settings)
         tokenizer, device, dtype = loaded.tokenizer, str(loaded.model.device), loaded.model.dtype
-        if shape == "bundled":
-            llm = TransformersLLM(loaded.model, tokenizer, name=loaded.name, prefix_cache_mb=0, int4=int4,
-                                  graph_tokens=options["graph_tokens"])
-            llm.max_batch = options["max_batch"]
-            return llm
+    if shape == "bundled":
+        model, name = loaded.model, loaded.name
+    else:
+        model, name = random_model(shape, device, dtype), shape
+    llm = TransformersLLM(model, tokenizer, name=name, prefix_cache_mb=0, int4=int4,
+                          graph_tokens=options["graph_tokens"])
+    llm.max_batch = options["max_batch"]
+    return llm
+
+
+def random_model(shape: str, device: str, dtype: Any) -> Any:
+    """A random-initialised Llama of `shape`, built on `device` in `dtype` (an 8B model in float32 is 32 GB)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                          pad_token_id=2, tie_word_embeddings=False)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialised in place, in its dtype: an 8B model in float32 is 32 GB
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+            return LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     finally:
         torch.set_default_dtype(default)
-    llm = TransformersLLM(model, tokenizer, name=shape, prefix_cache_mb=0, int4=int4,
-                          graph_tokens=options["graph_tokens"])
-    llm.max_batch = options["max_batch"]
-    return llm
 
 
 def gpu_name() -> str:
@@ -256,13 +258,14 @@ class Bench:
         # The grammar's cost alone: the same model, prompt (tool schemas included) and packing, decoded freely.
         self.free = self.variant(constrained=False)
 
-    def variant(self, **changes: Any) -> Any:
-        """An engine on the same model and packing, without a prefix cache, with `changes` to its arguments."""
+    def variant(self, model: Any = None, **changes: Any) -> Any:
+        """An engine on the same model (or `model`) and packing, without a prefix cache, with `changes` to its
+        arguments."""
         from agent.llm.engine import TransformersLLM
 
         options = {"name": self.llm.name, "prefix_cache_mb": 0, "int4": "off" if self.llm.int4 is None else "on",
                    "graph_tokens": self.graph_tokens}
-        llm = TransformersLLM(self.llm.model, self.llm.tokenizer, **{**options, **changes})
+        llm = TransformersLLM(model or self.llm.model, self.llm.tokenizer, **{**options, **changes})
         llm.max_batch = self.llm.max_batch
         return llm
 
@@ -302,12 +305,8 @@ class Bench:
 
     def adapter_runs(self, count: int, folder: Path) -> list[tuple[str, Run]]:
         """A second engine on a copy of the model (so the runs above see a model without PEFT)."""
-        from agent.llm.engine import TransformersLLM
-
         names = make_adapters(self.llm.model, folder, count)
-        tuned = TransformersLLM(copy.deepcopy(self.llm.model), self.llm.tokenizer, prefix_cache_mb=0, adapters={
-            name: folder / name for name in names}, graph_tokens=self.graph_tokens)
-        tuned.max_batch = self.llm.max_batch
+        tuned = self.variant(copy.deepcopy(self.llm.model), adapters={name: folder / name for name in names})
         self.engine(tuned, [request(i, 2, adapter=name) for i, name in enumerate(names)])  # load them all
         runs: list[tuple[str, Run]] = []
         for label, chosen in (("base rows, PEFT loaded", [None] * count), ("one adapter", [names[0]] * count),

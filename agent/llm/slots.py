@@ -252,7 +252,7 @@ class SlotBatch:
     def merge(self, other: KVBatch) -> None:
         """Copy `other`'s rows into the next free slots (or demote, when they do not fit)."""
         if self.demoted is None:
-            lengths = [int(n) for n in other.mask.sum(dim=1).tolist()]
+            lengths = [int(n) for n in other.positions.tolist()]  # a KVBatch row's position is its length
             if len(self.lengths) + len(lengths) > self._slots.rows or max(lengths) >= self._slots.tokens:
                 self._demote()
             else:
