@@ -93,7 +93,8 @@ CALC = {"type": "object", "properties": {"expression": {"type": "string"}}, "req
 
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the engine's default, [model] threads)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--sessions", default="1,8", help="concurrent session counts, e.g. 1,8,32")
     parser.add_argument("--adapters", type=int, default=8, help="distinct adapters in the mixed batch (0: skip)")
@@ -114,8 +115,10 @@ def main() -> dict[str, Any]:
         parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 0:
+        parser.error(f"--threads takes 0 or more; got {args.threads}")
+    if args.threads:  # through the setting: loading applies [model] threads (a bare set_num_threads is undone)
+        os.environ["METAGENT_MODEL__THREADS"] = str(args.threads)
     sessions = [int(c) for c in args.sessions.split(",")]
     if args.tokenizer and args.shape == "bundled":
         parser.error("--tokenizer goes with a random-initialised --shape; the bundled model has its own")
@@ -161,11 +164,14 @@ def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> 
     """The engine on the bundled model or a random-initialised one of `shape` (built on the device, in its dtype)."""
     from agent.config import Settings
     from agent.llm.engine import TransformersLLM
-    from agent.llm.loading import load_model, pick_device, pick_dtype
+    from agent.llm.loading import cpu_threads, load_model, pick_device, pick_dtype
 
     settings = Settings.load()
     if tokenizer_dir:
+        import torch
         from transformers import AutoTokenizer
+
+        torch.set_num_threads(cpu_threads(settings.model.threads))  # as load_model does
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         device = pick_device(settings.model.device)
@@ -510,8 +516,9 @@ def int4_fidelity(llm: Any) -> dict[str, Any]:
         return {}
     MASKING["on"] = False
     rows = [json.loads(line) for line in (ROOT / "agent/data/general_set.jsonl").read_text().splitlines() if line]
-    nll: dict[str, list[float]] = {"float32": [], "int4": []}
-    agree = steps = 0
+    nll: dict[str, list[float]] = {"float32": [], "int4": [], "batched": []}
+    agree = {"int4": 0, "batched": 0}
+    steps = 0
 
     def route(names: Sequence[str]) -> Any:  # base rows only: nothing to route
         return contextlib.nullcontext()
@@ -522,22 +529,30 @@ def int4_fidelity(llm: Any) -> dict[str, Any]:
         prompt_ids = llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer = llm.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"][len(prompt_ids):]
         chosen: dict[str, list[int]] = {}
-        for mode in nll:
+        for mode in nll:  # batched: the reply twice in one batch (packed steps of 2 rows and more, leanstep.py)
+            width = 2 if mode == "batched" else 1
             batch, logits = KVBatch.prefill(llm.model, prompt_ids, route, "__base__")
+            if width == 2:
+                batch.merge(KVBatch.prefill(llm.model, prompt_ids, route, "__base__")[0])
             seq = [logits]
             for token in answer[:-1]:  # packed: as the engine decodes (lean step where the model has one)
-                with llm.int4.active() if mode == "int4" else contextlib.nullcontext():
-                    lean = llm.lean if mode == "int4" else None
-                    seq.append(batch.step([token], route, ["__base__"], lean)[0])
+                with llm.int4.active() if mode != "float32" else contextlib.nullcontext():
+                    lean = llm.lean if mode != "float32" else None
+                    seq.append(batch.step([token] * width, route, ["__base__"] * width, lean)[0])
             nll[mode] += [-float(torch.log_softmax(x, -1)[t]) for x, t in zip(seq, answer, strict=True)]
             chosen[mode] = [int(x.argmax()) for x in seq[1:]]
-        agree += sum(a == b for a, b in zip(chosen["float32"], chosen["int4"], strict=True))
+        for mode in agree:
+            agree[mode] += sum(a == b for a, b in zip(chosen["float32"], chosen[mode], strict=True))
         steps += len(answer) - 1
-    result = {"tokens": len(nll["int4"]), "decode_steps": steps, "argmax_agreement": round(agree / steps, 4),
+    result = {"tokens": len(nll["int4"]), "decode_steps": steps,
+              "argmax_agreement": round(agree["int4"] / steps, 4),
+              "argmax_agreement_batched": round(agree["batched"] / steps, 4),
               **{f"nll_{mode}": round(statistics.mean(values), 4) for mode, values in nll.items()}}
     print(f"\nint4-fidelity ({len(rows)} replies, {result['tokens']} tokens): mean NLL per token float32 "
-          f"{result['nll_float32']}, packed int4 {result['nll_int4']}; decode-step argmax agreement "
-          f"{agree}/{steps} ({agree / steps:.2%})")
+          f"{result['nll_float32']}, packed one row (int4) {result['nll_int4']}, packed in a batch of 2 "
+          f"(float16 copies where torch has FBGEMM) {result['nll_batched']}; decode-step argmax agreement with "
+          f"float32: one row {agree['int4']}/{steps} ({agree['int4'] / steps:.2%}), batched "
+          f"{agree['batched']}/{steps} ({agree['batched'] / steps:.2%})")
     return result
 
 

@@ -15,7 +15,11 @@ What changes and what does not:
   dozen tokens. llama.cpp, which the bundled file comes from, rounds activations to 8-bit integers instead.
 - The output layer (tied to the Q8_0 token embedding) stays float32: bfloat16 logits lose ties and a 4-bit head
   would lose weight precision.
-- A row's result does not depend on the other rows in its batch (each row is its own product).
+- Steps of two rows or more read a float16 copy of the same layers instead, through FBGEMM's float16 product
+  (`half_product`; float32 input and sums, where torch has FBGEMM: x86 builds): this kernel dequantizes per
+  row, so its cost grows with the rows, while FBGEMM's reads its weights once per step. Float16 keeps 11
+  significant bits of each weight, closer to the float32 weights than bfloat16 scales are. So a row's logits
+  differ in the last bits between one-row and batched steps (as they do with BLAS's float32 products).
 
 `mode` ([model] int4): "auto" packs only when every eligible layer is exactly 4-bit (a Q4_1 GGUF), on CPU, in
 float32; "on" packs any model's layers (a real quantization: groups of 32, min/max scaled); "off" never packs.
@@ -148,6 +152,31 @@ def product(rows: Any, packed: Packed) -> Any:
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed.weight, GROUP,
                                                       packed.scales_zeros)
     return out.to(rows.dtype)
+
+
+def half_available() -> bool:
+    """Whether this torch has FBGEMM's float16-weight product (x86 builds; not ARM's)."""
+    import torch
+
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines and bool(
+            torch.ops.quantized.linear_prepack_fp16 and torch.ops.quantized.linear_dynamic_fp16)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pack_half(weight: Any) -> Any:
+    """`weight` [N, K] as FBGEMM's packed float16 matrix (an opaque object `half_product` reads)."""
+    import torch
+
+    return torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), None)
+
+
+def half_product(rows: Any, packed: Any) -> Any:
+    """rows [M, K] float32 times a `pack_half` matrix's transpose: [M, N] float32, summed in float32."""
+    import torch
+
+    return torch.ops.quantized.linear_dynamic_fp16(rows, packed)
 
 
 def _make_forward(owner: Int4Decode) -> Any:

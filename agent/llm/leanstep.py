@@ -6,10 +6,12 @@ runs q, k, v (and gate, up) as separate products. On CPU at one row that glue co
 weights: of the bundled model's 59 ms step, 18 ms is Python and small ops. This step does the same arithmetic
 with less around it:
 
-- q, k and v are one product, and so are gate and up: with 4-bit weights (int4.py), one packed matrix each;
+- q, k and v are one product, and so are gate and up: with 4-bit weights (int4.py), one packed matrix each, and
+  where torch has FBGEMM one float16 matrix each for steps of HALF_ROWS rows or more;
 - rotary embedding is computed once per step and applied to q and k together, as two multiplies and a flip;
-- at one or two rows on CPU, the output layer multiplies by a transposed copy of its weight (made on first use:
-  one more copy of the output layer, 113 MB for the bundled model), which BLAS runs at twice the speed;
+- on CPU the output layer reads a copy of its weight made on first use: with packed layers, a float16 one
+  (FBGEMM, every row count); else, at one or two rows, the weight transposed, which BLAS runs at twice the speed
+  (113 MB more for the bundled model);
 - attention is one `scaled_dot_product_attention` over the growing KV
   cache (batching.GrowingLayer), with the query heads of a key/value head grouped along the query axis (GQA
   without repeating keys); no mask for one row, a padding mask for several.
@@ -34,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.llm.int4 import Int4Decode, Packed, pack, product
+from agent.llm.int4 import Int4Decode, Packed, half_available, half_product, pack, pack_half, product
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +53,11 @@ _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 # `F.linear` on the bundled model's 49152x576 head (one thread; 9.6 against 19.6 ms at 2 rows), and lost
 # from 4 rows on.
 COLUMN_HEAD_ROWS = 2
+# From this many rows, a packed model's CPU step reads FBGEMM's float16 copy of each product instead of the
+# 4-bit one, whose kernel dequantizes per row (one thread, the bundled model's four products over 30 layers,
+# weights from memory: 22.0 against 27.0 ms at 2 rows, 23.3 against 34.9 at 4, 38.8 against 55.3 at 8; even
+# at 1 row, where 4-bit reads a quarter of the bytes and wins once several threads share the work).
+HALF_ROWS = 2
 
 
 @dataclass
@@ -62,6 +69,7 @@ class _Product:
     sizes: list[int]
     bias: Any  # the biases side by side, or None
     packed: Packed | None  # every layer's weight as one int4 matrix, or None (float weights)
+    half: Any  # with `packed`, the same weights as one FBGEMM float16 matrix for steps of HALF_ROWS rows or more
     versions: list[int]  # each weight's `_version` when packed: a later in-place change reads float again
 
     def current(self) -> bool:
@@ -76,7 +84,7 @@ class _Product:
         out: torch.Tensor
         packed = self.packed
         if packed is not None and (fresh or self.current()):
-            out = product(x, packed)
+            out = product(x, packed) if self.half is None or x.shape[0] < HALF_ROWS else half_product(x, self.half)
             if self.bias is not None:
                 out = out + self.bias
         elif len(self.linears) == 1:
@@ -116,7 +124,7 @@ class LeanDecode:
         config = model.config
         self._embed = model.get_input_embeddings()
         self._head = model.get_output_embeddings()
-        self._head_columns: tuple[torch.Tensor, int] | None = None  # (its weight transposed, that weight's version)
+        self._head_copy: tuple[Any, int] | None = None  # (a copy of its weight for CPU steps, that weight's version)
         self._norm = model.model.norm
         self._eps = float(self._norm.variance_epsilon)
         rotary = model.model.rotary_emb
@@ -135,6 +143,7 @@ class LeanDecode:
         self._slots = [(parent._modules, name, linear)  # (children dict, name, Linear)
                        for p in products for (parent, name), linear in zip(p.parents, p.linears, strict=True)]
         self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
+        self._half_head = packed and half_available()  # then the output layer reads a float16 copy on CPU
         self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
 
     @classmethod
@@ -232,19 +241,25 @@ class LeanDecode:
             x = x + layer.down(functional.silu(gate) * up, router, fresh)
         x = _rms_norm(x, self._norm.weight, self._eps)
         bias = getattr(self._head, "bias", None)
-        if rows > COLUMN_HEAD_ROWS or x.device.type != "cpu":
+        if x.device.type != "cpu" or (rows > COLUMN_HEAD_ROWS and not self._half_head):
             return functional.linear(x, self._head.weight, bias)
-        columns = self._columns()
-        logits = x @ columns if rows == 1 else torch.cat([row[None] @ columns for row in x])
+        logits: torch.Tensor
+        if self._half_head:
+            logits = half_product(x, self._head_weight(pack_half))
+        else:
+            columns = self._head_weight(lambda weight: weight.detach().t().contiguous())
+            logits = x @ columns if rows == 1 else torch.cat([row[None] @ columns for row in x])
         return logits if bias is None else logits + bias
 
-    def _columns(self) -> torch.Tensor:
-        """The output layer's weight transposed ([hidden, vocab], contiguous), made on first use and again
-        after the weight changes in place."""
+    def _head_weight(self, make: Callable[[torch.Tensor], Any]) -> Any:
+        """The copy of the output layer's weight CPU steps read: made by `make` on first use, and again after
+        the weight changes in place. A packed model's is FBGEMM's float16 matrix (one row: 2.1 against 6.5 ms
+        for the transposed float32 one, 8 rows: 10.0 against 27.2 for `F.linear`; the bundled 49152x576 head,
+        one thread, caches flushed); otherwise the weight transposed ([hidden, vocab]), for one or two rows."""
         weight = self._head.weight
-        if self._head_columns is None or self._head_columns[1] != weight._version:
-            self._head_columns = weight.detach().t().contiguous(), int(weight._version)
-        return self._head_columns[0]
+        if self._head_copy is None or self._head_copy[1] != weight._version:
+            self._head_copy = make(weight), int(weight._version)
+        return self._head_copy[0]
 
     @property
     def cache_shape(self) -> tuple[int, int, int]:
@@ -341,11 +356,14 @@ def _product(parents: list[tuple[Any, str]], int4: Int4Decode | None) -> _Produc
     if any(b is not None for b in biases):
         bias = torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
                           for b, linear in zip(biases, linears, strict=True)])
-    packed = None
+    packed = half = None
     if int4 is not None and all(linear in int4.layers.values() for linear in linears):
-        if len(linears) == 1:
+        weight = torch.cat([linear.weight.detach() for linear in linears]) if len(linears) > 1 else None
+        if weight is None:
             packed = linears[0]._metagent_int4  # the layer's own packing, shared with int4.Int4Decode
         else:
-            packed, _ = pack(torch.cat([linear.weight.detach() for linear in linears]))
+            packed, _ = pack(weight)
+        if half_available():
+            half = pack_half(linears[0].weight if weight is None else weight)
     versions = [int(linear.weight._version) for linear in linears]
-    return _Product(parents, linears, sizes, bias, packed, versions)
+    return _Product(parents, linears, sizes, bias, packed, half, versions)

@@ -15,7 +15,7 @@ from agent.config import ModelSettings, Settings
 from agent.doctor import report
 from agent.llm.batching import KVBatch, Route
 from agent.llm.engine import TransformersLLM
-from agent.llm.int4 import Int4Decode
+from agent.llm.int4 import Int4Decode, half_available
 from agent.llm.leanstep import LeanDecode, describe, supports
 from agent.llm.lorarouter import BASE
 from tests.llm.conftest import TinyFactory
@@ -31,14 +31,16 @@ SMALL: dict[str, Any] = {"vocab_size": 49152, "hidden_size": 32, "intermediate_s
 
 
 def twin_steps(model: Any, lean: LeanDecode, route: Route = no_adapters, adapters: Sequence[str] = (BASE,) * 3,
-               steps: int = 6, decoding: Any = nullcontext) -> Iterator[tuple[Any, Any]]:
+               steps: int = 6, decoding: Any = nullcontext,
+               prompts: Sequence[list[int]] = PROMPTS) -> Iterator[tuple[Any, Any]]:
     """The same rows merged into two batches, stepped together: (lean logits, transformers logits) per step.
 
-    Row 0 leaves after the third step, so later steps run on a batch that dropped a row and trimmed padding.
+    With three rows, row 0 leaves after the third step, so later steps run on a batch that dropped a row and
+    trimmed padding.
     """
     def merged() -> KVBatch:
         batch: KVBatch | None = None
-        for prompt, adapter in zip(PROMPTS, adapters, strict=True):
+        for prompt, adapter in zip(prompts, adapters, strict=True):
             piece, _ = KVBatch.prefill(model, prompt, route, adapter)
             if batch is None:
                 batch = piece
@@ -57,7 +59,7 @@ def twin_steps(model: Any, lean: LeanDecode, route: Route = no_adapters, adapter
             theirs = slow.step(tokens, route, names)
         yield mine, theirs
         tokens = [int(t) for t in theirs.argmax(-1)]
-        if index == 2:
+        if index == 2 and len(names) == 3:
             fast.keep([1, 2])
             slow.keep([1, 2])
             names, tokens = names[1:], tokens[1:]
@@ -121,8 +123,11 @@ def test_qwen2_biases_are_added(packed: bool) -> None:
     lean = LeanDecode.build(model, int4)
     assert lean is not None and lean.packed == packed
     assert model.model.layers[0].self_attn.q_proj.bias is not None
-    for mine, theirs in twin_steps(model, lean, decoding=int4.active if int4 else nullcontext):
+    for mine, theirs in twin_steps(model, lean):  # packed, batched: float16 weights against float32
         assert_close(mine, theirs, 1e-3 if packed else 1e-5)
+    if int4 is not None:  # one row: 4-bit weights on both sides
+        for mine, theirs in twin_steps(model, lean, adapters=[BASE], prompts=PROMPTS[:1], decoding=int4.active):
+            assert_close(mine, theirs, 1e-3)
 
 
 def test_mistral_without_a_sliding_window() -> None:
@@ -144,8 +149,30 @@ def test_fused_four_bit_products_match_the_packed_layers(tiny_model: TinyFactory
     assert int4 is not None
     lean = LeanDecode.build(model, int4)
     assert lean is not None and lean.packed
-    # both sides read 4-bit weights with bfloat16 activations: q, k, v (and gate, up) fused in one product or not
-    for mine, theirs in twin_steps(model, lean, decoding=int4.active):
+    # one row: both sides read 4-bit weights with bfloat16 activations, q, k, v (and gate, up) fused or not
+    for mine, theirs in twin_steps(model, lean, adapters=[BASE], prompts=PROMPTS[1:2], decoding=int4.active):
+        assert mine.shape[0] == 1
+        assert_close(mine, theirs, 1e-3)
+
+
+def test_batched_packed_steps_read_float16_copies(tiny_model: TinyFactory) -> None:
+    import torch
+
+    from agent.llm.leanstep import HALF_ROWS
+
+    model = four_bit(tiny_model(0))
+    lean = LeanDecode.build(model, Int4Decode.prepare(model, "auto"))
+    assert lean is not None and lean.packed and HALF_ROWS <= 2
+    if not half_available():
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    assert all(product.half is not None for layer in lean._layers for product in layer.products)
+    # float16 weights, float32 sums: within 1e-3 of the float32 weights (the 4-bit path is 3e-3 away)
+    for mine, theirs in twin_steps(model, lean):
+        assert mine.shape[0] >= HALF_ROWS
+        assert_close(mine, theirs, 1e-3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(-2.0)  # changed in place: the float16 head is made again
+    for mine, theirs in twin_steps(model, lean, steps=2):
         assert_close(mine, theirs, 1e-3)
 
 
