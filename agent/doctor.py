@@ -62,7 +62,7 @@ def _device(settings: Settings) -> str:
     chosen = settings.model.device if settings.model.device != "auto" else ("cuda" if cuda else "cpu")
     from agent.llm.loading import cpu_threads
 
-    return f"{chosen} [{gpu}; {cpu_threads(settings.model.threads)} CPU threads]"
+    return f"{chosen} [{gpu}; decode on {cpu_threads(settings.model.threads)} CPU threads]"
 
 
 def _int4(settings: Settings) -> str:

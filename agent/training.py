@@ -191,7 +191,7 @@ def train_adapter(request: TrainRequest, progress: TrainProgress | None = None) 
     encoder = Encoder(request.base.llm)
     job = _job(request, encoder)
     evaluator = Evaluator(encoder, request.base.device, request.hyper.batch_size, request.scorer)
-    with _lora(request) as model:
+    with _lora(request) as model, _threads(request.base.llm.threads):
         before = _measure(job, model, evaluator, say, "before training")
         train_s = _fit(job, model, evaluator, request.hyper, say)
         after = _measure(job, model, evaluator, say, "after training")
@@ -202,6 +202,21 @@ def train_adapter(request: TrainRequest, progress: TrainProgress | None = None) 
         say(TrainEvent("save", message=f"saving to {target}"))
         _save(model, meta, target, request.force)
     return TrainReport(target, meta, time.perf_counter() - started)
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Training and its evaluations compute in this thread on `count` torch threads (0: as they are); loading left
+    it at one (loading.cpu_threads). Put back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _target(request: TrainRequest) -> Path:

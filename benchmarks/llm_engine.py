@@ -113,7 +113,6 @@ def main() -> dict[str, Any]:
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
-    import torch
 
     if args.threads < 0:
         parser.error(f"--threads takes 0 or more; got {args.threads}")
@@ -130,7 +129,7 @@ def main() -> dict[str, Any]:
     graphs = "on" if llm.scheduler.slots is not None else "off"
     print(f"{args.shape} on {device} ({llm.model.dtype}, int4 decode {int4}, lean decode step {lean}, "
           f"CUDA graphs {graphs}), "
-          f"torch threads {torch.get_num_threads()}, "
+          f"decode-thread torch threads {llm.threads}, "
           f"load average {os.getloadavg()}, {args.new_tokens} new tokens per request, {args.rounds} rounds")
     rows: list[dict[str, Any]] = []
     if "throughput" in parts:
@@ -141,7 +140,7 @@ def main() -> dict[str, Any]:
     return {"shape": args.shape, "device": device, "gpu": gpu_name(), "int4": int4, "lean_decode": lean,
             "cuda_graphs": graphs, "new_tokens": args.new_tokens,
             "rounds": args.rounds,
-            "threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "rows": rows,
+            "threads": llm.threads, "load_average_after": os.getloadavg(), "rows": rows,
             "time_to_first_token": first_token, "adapter_switch": switch, "int4_fidelity": fidelity}
 
 
@@ -171,7 +170,8 @@ def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> 
         import torch
         from transformers import AutoTokenizer
 
-        torch.set_num_threads(cpu_threads(settings.model.threads))  # as load_model does
+        cpu_threads(settings.model.threads)  # as load_model does: torch's default read first, this thread at one
+        torch.set_num_threads(1)
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         device = pick_device(settings.model.device)
@@ -184,7 +184,7 @@ def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> 
     else:
         model, name = random_model(shape, device, dtype), shape
     llm = TransformersLLM(model, tokenizer, name=name, prefix_cache_mb=0, int4=int4,
-                          graph_tokens=options["graph_tokens"])
+                          graph_tokens=options["graph_tokens"], threads=cpu_threads(settings.model.threads))
     llm.max_batch = options["max_batch"]
     return llm
 
@@ -270,7 +270,7 @@ class Bench:
         from agent.llm.engine import TransformersLLM
 
         options = {"name": self.llm.name, "prefix_cache_mb": 0, "int4": "off" if self.llm.int4 is None else "on",
-                   "graph_tokens": self.graph_tokens}
+                   "graph_tokens": self.graph_tokens, "threads": self.llm.threads}
         llm = TransformersLLM(model or self.llm.model, self.llm.tokenizer, **{**options, **changes})
         llm.max_batch = self.llm.max_batch
         return llm
@@ -356,10 +356,31 @@ class Bench:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=llm.model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=llm.model.device)
         started = time.perf_counter()
-        with torch.inference_mode():
-            out = llm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.new_tokens,
-                                     do_sample=False, pad_token_id=pad)
+        out = on_decode_threads(llm, lambda: llm.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=self.new_tokens, do_sample=False, pad_token_id=pad))
         return Sample(time.perf_counter() - started, len(indices) * (out.shape[1] - width))
+
+
+def on_decode_threads(llm: Any, work: Callable[[], Any]) -> Any:
+    """`work()` (a baseline `generate`) in a thread of its own with the engine's decode-thread torch threads, as
+    the engine computes: the thread's OpenMP pool goes with it, so no second pool stays next to the engine's
+    (loading.cpu_threads)."""
+    import torch
+
+    result: list[Any] = []
+
+    def run() -> None:
+        if llm.threads:
+            torch.set_num_threads(llm.threads)
+        with torch.inference_mode():
+            result.append(work())
+
+    thread = threading.Thread(target=run, name="generate-baseline")
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("the baseline generate failed (its error is printed above)")
+    return result[0]
 
 
 def summarise(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
@@ -419,9 +440,9 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
     ids = torch.tensor([llm.prompt_ids(second)], device=llm.model.device)
 
     def generate() -> None:
-        with torch.inference_mode():
-            llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
-                               do_sample=False, pad_token_id=sorted(llm.stop_ids)[0])
+        on_decode_threads(llm, lambda: llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                          max_new_tokens=1, do_sample=False,
+                                                          pad_token_id=sorted(llm.stop_ids)[0]))
 
     def timed(request: Any, before: Any = None) -> float:
         prefix.clear()

@@ -115,9 +115,15 @@ def trained(smol_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Tr
         scored.append(example.target)
         return 1.0 if "blue" in reply.text else 0.0
 
+    import torch
+
+    threads: set[int] = set()
+    llm.threads = 2  # the engine's decode-thread count: training and its evaluations use it in their own thread
     request = TrainRequest("blue", write_rows(folder / "blue.jsonl", blue_rows(30)), TrainBase(llm, TINY),
                            folder / "adapters", kinds=("colors",), hyper=FAST, scorer=scorer)
-    report = train_adapter(request)
+    report = train_adapter(request, progress=lambda event: threads.add(torch.get_num_threads()))
+    assert threads == {2} and torch.get_num_threads() == 1  # then put back (the module runs on one)
+    llm.threads = 0
     assert scored == ["blue"] * 12  # 6 held-out examples, scored before and after
     return Trained(llm, report, base_replies, base_state)
 

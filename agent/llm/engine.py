@@ -37,7 +37,7 @@ from agent.llm.decoding import FinishReason, Sampler, TextStream
 from agent.llm.grammar import Grammars
 from agent.llm.int4 import Int4Decode, Mode
 from agent.llm.leanstep import LeanDecode
-from agent.llm.loading import Progress, load_model
+from agent.llm.loading import Progress, cpu_threads, load_model
 from agent.llm.lora import LoraSet
 from agent.llm.prefixcache import PrefixCache
 from agent.llm.scheduler import Done, Job, Scheduler
@@ -60,8 +60,9 @@ class TransformersLLM:
     def __init__(self, model: Any, tokenizer: Any, *, adapters: Mapping[str, Path] | None = None,
                  constrained: bool = True, name: str = "model", prefix_cache_mb: int = 256,
                  int4: Mode = "auto", lean_decode: bool = True, cuda_graphs: bool = True,
-                 graph_tokens: int = 4096) -> None:
+                 graph_tokens: int = 4096, threads: int = 0) -> None:
         self.model = model
+        self.threads = threads  # the decode thread's torch CPU threads (loading.cpu_threads); 0: left as they are
         self.tokenizer = tokenizer
         self.name = name
         self.stop_ids = _stop_ids(model, tokenizer)
@@ -79,7 +80,7 @@ class TransformersLLM:
         # on CUDA: decode steps replay CUDA graphs over a static KV cache (slots.py); None elsewhere
         slots = SlotCache.for_model(model, self.lean, min(graph_tokens, self.context_tokens), cuda_graphs)
         self._scheduler = Scheduler(model, self._lora, prefix=prefix, decoding=decoding, lean=self.lean,
-                                    slots=slots)
+                                    slots=slots, threads=threads)
         self.repetition_penalty = 1.0  # free text only; see decoding.penalize
 
     @classmethod
@@ -89,7 +90,7 @@ class TransformersLLM:
         llm = cls(loaded.model, loaded.tokenizer, adapters=adapters, constrained=settings.model.constrained,
                   name=loaded.name, prefix_cache_mb=settings.model.prefix_cache_mb, int4=settings.model.int4,
                   lean_decode=settings.model.lean_decode, cuda_graphs=settings.model.cuda_graphs,
-                  graph_tokens=settings.model.graph_tokens)
+                  graph_tokens=settings.model.graph_tokens, threads=cpu_threads(settings.model.threads))
         llm.repetition_penalty = settings.model.repetition_penalty
         llm.max_batch = settings.model.max_batch
         if progress is not None and llm.int4 is not None:

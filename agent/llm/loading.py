@@ -165,13 +165,14 @@ _TORCH_DEFAULT_THREADS: list[int] = []  # torch's own thread count, read before 
 
 
 def cpu_threads(setting: int) -> int:
-    """The torch CPU threads for `[model] threads`: the setting, or for 0 one fewer than torch's default.
+    """The decode thread's torch CPU threads for `[model] threads`: the setting, or for 0 torch's default.
 
-    Every torch thread busy with a decode step competes with the Python threads around it (the decode loop's
-    sampling and grammar, the callers' detokenization). On this project's 2-core machine, idle, a batch-1 decode
-    step of the bundled model took 63.0 ms with torch's default of 2 threads and 40.3 ms with 1
-    (benchmarks/llm_engine.py, same machine, one run each); vLLM's CPU backend likewise leaves a core to its
-    scheduler.
+    Only the engine's decode thread computes with them: loading leaves the loading thread at one (`load_model`).
+    torch's OpenMP keeps a pool of workers per thread that ran a parallel op, and once two pools hold more
+    workers than there are cores, every pool's workers sleep between ops instead of spinning, so each of a
+    step's ~300 parallel ops waits for a wake-up. Measured on this project's 2-core machine (the bundled model,
+    a `/tmp` script alternating settings in one process): a batch-1 step took 29.9 ms with 2 threads in the
+    decode thread alone, 43.2 ms with 1, and 63.3 ms with 2 once another thread had run `generate` with 2.
     """
     if setting > 0:
         return setting
@@ -179,7 +180,7 @@ def cpu_threads(setting: int) -> int:
 
     if not _TORCH_DEFAULT_THREADS:
         _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
-    return max(1, _TORCH_DEFAULT_THREADS[0] - 1)
+    return _TORCH_DEFAULT_THREADS[0]
 
 
 def load_model(settings: Settings, progress: Progress | None = None) -> LoadedModel:
@@ -189,7 +190,8 @@ def load_model(settings: Settings, progress: Progress | None = None) -> LoadedMo
     source = resolve_source(settings.model.path)
     import torch
 
-    torch.set_num_threads(cpu_threads(settings.model.threads))
+    cpu_threads(settings.model.threads)  # torch's default, read before this changes it
+    torch.set_num_threads(1)  # this thread's: no second OpenMP pool next to the decode thread's (cpu_threads)
     device = pick_device(settings.model.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"[model] device is {device!r} but torch sees no CUDA GPU; set device = \"auto\"")

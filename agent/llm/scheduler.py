@@ -93,8 +93,9 @@ class Scheduler:
     def __init__(self, model: Any, lora: LoraSet, max_batch: int = DEFAULT_MAX_BATCH,
                  prefix: PrefixCache | None = None,
                  decoding: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                 lean: LeanDecode | None = None, slots: SlotCache | None = None) -> None:
+                 lean: LeanDecode | None = None, slots: SlotCache | None = None, threads: int = 0) -> None:
         self._model = model
+        self.threads = threads  # torch CPU threads of the decode thread (loading.cpu_threads); 0: left as they are
         self._lean = lean  # the lean decode step (leanstep.py), where the model has one
         self._decoding = decoding  # wraps every batched decode forward (int4.Int4Decode.active)
         self._lora = lora
@@ -144,6 +145,10 @@ class Scheduler:
             job.cancel()
 
     def _run(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)  # this thread's OpenMP pool; it goes when the thread exits
         try:
             while self._has_work():
                 self._admit()

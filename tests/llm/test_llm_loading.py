@@ -134,13 +134,42 @@ def test_the_bundled_model_loads_from_the_cache_quickly(bundled_dir: Path, setti
     assert loaded.model.config.vocab_size == 49152 and loaded.tokenizer.eos_token == "<|im_end|>"
 
 
-@pytest.mark.parametrize(("default", "setting", "expected"), [(2, 0, 1), (8, 0, 7), (1, 0, 1), (2, 3, 3)])
-def test_cpu_threads_leave_a_core_to_python_unless_set(monkeypatch: pytest.MonkeyPatch, default: int, setting: int,
-                                                       expected: int) -> None:
+@pytest.mark.parametrize(("default", "setting", "expected"), [(2, 0, 2), (8, 0, 8), (1, 0, 1), (2, 3, 3)])
+def test_cpu_threads_are_torch_default_unless_set(monkeypatch: pytest.MonkeyPatch, default: int, setting: int,
+                                                  expected: int) -> None:
     import torch
 
     monkeypatch.setattr(loading, "_TORCH_DEFAULT_THREADS", [])
     monkeypatch.setattr(torch, "get_num_threads", lambda: default)
     assert loading.cpu_threads(setting) == expected
-    monkeypatch.setattr(torch, "get_num_threads", lambda: expected)  # as after a load set it
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # as after a load left its thread at one
     assert loading.cpu_threads(setting) == expected  # torch's default is read once: a second load keeps the count
+
+
+def test_the_decode_thread_computes_on_the_configured_threads(tiny_model: TinyFactory, tokenizer: Any,
+                                                              settings: Settings, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import torch
+
+    folder = tiny_model_dir(tiny_model, tokenizer, tmp_path / "tiny")
+    seen: dict[str, int] = {}
+
+    def observed_step(self: Any) -> None:  # the decode thread's own torch thread count, as each step sees it
+        seen[threading.current_thread().name] = torch.get_num_threads()
+        step(self)
+
+    from agent.llm.scheduler import Scheduler
+
+    step = Scheduler._step
+    monkeypatch.setattr(Scheduler, "_step", observed_step)
+    before = torch.get_num_threads()
+    try:
+        llm = TransformersLLM.from_settings(with_model(settings, path=str(folder), threads=3))
+        assert torch.get_num_threads() == 1  # loading leaves its own thread at one: one OpenMP pool, the decoder's
+        assert llm.threads == 3 and llm.complete(TINY_REQUEST).usage.completion_tokens == 3
+        assert seen == {"metagent-decode": 3}
+        assert torch.get_num_threads() == 1  # the caller's thread is left as it was
+    finally:
+        torch.set_num_threads(before)
