@@ -57,8 +57,8 @@ class ModelSettings(_Section):
     repetition_penalty: float = Field(
         1.15, ge=1.0, le=3.0, description="penalty on tokens already generated, free text only; 1.0 = off"
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads of the decode thread (the one thread that "
-                         "computes with several; loading runs on one); 0 = torch's default")
+    threads: int = Field(0, ge=0, description="torch CPU threads of the decode thread (and of adapter training); "
+                         "loading runs on one; 0 = torch's default")
     max_batch: int = Field(8, ge=1, le=256, description="requests decoded together in one batch; more wait their turn")
     prefix_cache_mb: int = Field(
         256, ge=0, description="KV cache of recent prompts kept for reuse (shared system prompt, tool schemas, "

@@ -37,7 +37,7 @@ from agent.adapter_meta import AdapterMeta, BaseIdentity, GeneralCheck, HeldOutM
 from agent.config import Settings
 from agent.errors import ConfigError
 from agent.llm.engine import TransformersLLM
-from agent.llm.loading import Progress
+from agent.llm.loading import Progress, on_threads
 from agent.training_data import ChatExample, load_chat_examples, split_held_out
 from agent.training_eval import Evaluator, Scorer, evaluating
 from agent.training_tokens import Encoder, TokenRow, collate, token_logps
@@ -191,7 +191,7 @@ def train_adapter(request: TrainRequest, progress: TrainProgress | None = None) 
     encoder = Encoder(request.base.llm)
     job = _job(request, encoder)
     evaluator = Evaluator(encoder, request.base.device, request.hyper.batch_size, request.scorer)
-    with _lora(request) as model, _threads(request.base.llm.threads):
+    def run(model: Any) -> AdapterMeta:
         before = _measure(job, model, evaluator, say, "before training")
         train_s = _fit(job, model, evaluator, request.hyper, say)
         after = _measure(job, model, evaluator, say, "after training")
@@ -201,22 +201,11 @@ def train_adapter(request: TrainRequest, progress: TrainProgress | None = None) 
         meta = _meta(request, job, (before, after), general, train_s)
         say(TrainEvent("save", message=f"saving to {target}"))
         _save(model, meta, target, request.force)
+        return meta
+
+    with _lora(request) as model:  # on the engine's CPU threads, in a thread of its own (loading.on_threads)
+        meta = on_threads(request.base.llm.threads, lambda: run(model))
     return TrainReport(target, meta, time.perf_counter() - started)
-
-
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """Training and its evaluations compute in this thread on `count` torch threads (0: as they are); loading left
-    it at one (loading.cpu_threads). Put back afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _target(request: TrainRequest) -> Path:

@@ -349,6 +349,8 @@ class Bench:
     def generate(self, indices: list[int]) -> Sample:
         import torch
 
+        from agent.llm.loading import on_threads
+
         llm = self.llm
         prompts = [llm.prompt_ids(request(i, self.new_tokens)) for i in indices]
         width = max(map(len, prompts))
@@ -356,31 +358,13 @@ class Bench:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=llm.model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=llm.model.device)
         started = time.perf_counter()
-        out = on_decode_threads(llm, lambda: llm.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=self.new_tokens, do_sample=False, pad_token_id=pad))
+        def generate() -> Any:
+            with torch.inference_mode():
+                return llm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.new_tokens,
+                                          do_sample=False, pad_token_id=pad)
+
+        out = on_threads(llm.threads, generate)  # as the engine computes: loading.on_threads
         return Sample(time.perf_counter() - started, len(indices) * (out.shape[1] - width))
-
-
-def on_decode_threads(llm: Any, work: Callable[[], Any]) -> Any:
-    """`work()` (a baseline `generate`) in a thread of its own with the engine's decode-thread torch threads, as
-    the engine computes: the thread's OpenMP pool goes with it, so no second pool stays next to the engine's
-    (loading.cpu_threads)."""
-    import torch
-
-    result: list[Any] = []
-
-    def run() -> None:
-        if llm.threads:
-            torch.set_num_threads(llm.threads)
-        with torch.inference_mode():
-            result.append(work())
-
-    thread = threading.Thread(target=run, name="generate-baseline")
-    thread.start()
-    thread.join()
-    if not result:
-        raise RuntimeError("the baseline generate failed (its error is printed above)")
-    return result[0]
 
 
 def summarise(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
@@ -430,8 +414,9 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
     import torch
 
     from agent.llm.engine import TransformersLLM
+    from agent.llm.loading import on_threads
 
-    llm = TransformersLLM(base.model, base.tokenizer, name=base.name)  # the default prefix cache
+    llm = TransformersLLM(base.model, base.tokenizer, name=base.name, threads=base.threads)  # default prefix cache
     prefix = llm.prefix_cache
     assert prefix is not None
     first = agent_request("What is the sales tax on 1250 dollars at 8.25%?", 1)
@@ -439,10 +424,13 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
     other = agent_request("Summarise the meeting notes in notes/monday.md for me.", 1)
     ids = torch.tensor([llm.prompt_ids(second)], device=llm.model.device)
 
+    def baseline() -> None:
+        with torch.inference_mode():
+            llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                               do_sample=False, pad_token_id=sorted(llm.stop_ids)[0])
+
     def generate() -> None:
-        on_decode_threads(llm, lambda: llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                          max_new_tokens=1, do_sample=False,
-                                                          pad_token_id=sorted(llm.stop_ids)[0]))
+        on_threads(llm.threads, baseline)
 
     def timed(request: Any, before: Any = None) -> float:
         prefix.clear()
@@ -485,7 +473,8 @@ def adapter_switch(base: Any, rounds: int) -> list[dict[str, Any]]:
     repeats = 8 * max(rounds, 3)
     with tempfile.TemporaryDirectory() as folder:
         names = make_adapters(base.model, Path(folder), 2)
-        llm = TransformersLLM(copy.deepcopy(base.model), base.tokenizer, name=base.name, prefix_cache_mb=0,
+        llm = TransformersLLM(copy.deepcopy(base.model), base.tokenizer, name=base.name, threads=base.threads,
+                              prefix_cache_mb=0,
                               adapters={name: Path(folder) / name for name in names})
         ask = [request(0, 1, adapter=name) for name in names]
         first_use = _ms(lambda: llm.complete(ask[0]))

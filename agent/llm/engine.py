@@ -62,7 +62,6 @@ class TransformersLLM:
                  int4: Mode = "auto", lean_decode: bool = True, cuda_graphs: bool = True,
                  graph_tokens: int = 4096, threads: int = 0) -> None:
         self.model = model
-        self.threads = threads  # the decode thread's torch CPU threads (loading.cpu_threads); 0: left as they are
         self.tokenizer = tokenizer
         self.name = name
         self.stop_ids = _stop_ids(model, tokenizer)
@@ -112,6 +111,16 @@ class TransformersLLM:
         if value < 1:
             raise ConfigError(f"max_batch must be at least 1, got {value}; set [model] max_batch to 1 or more")
         self._scheduler.max_batch = value
+
+    @property
+    def threads(self) -> int:
+        """The decode thread's torch CPU threads (loading.cpu_threads; training uses them too); 0: as they are.
+        A change applies when the decode thread next starts (it exits when idle)."""
+        return self._scheduler.threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self._scheduler.threads = value
 
     @property
     def scheduler(self) -> Scheduler:

@@ -13,8 +13,8 @@ What changes and what does not:
 - Those steps round each layer's input, and the group scales and offsets, to bfloat16 (8 significant bits):
   the layers' outputs move by about 1e-3 relative, which can flip a near-tie between two tokens after a few
   dozen tokens. llama.cpp, which the bundled file comes from, rounds activations to 8-bit integers instead.
-- The output layer (tied to the Q8_0 token embedding) stays float32: bfloat16 logits lose ties and a 4-bit head
-  would lose weight precision.
+- The output layer (tied to the Q8_0 token embedding) is not packed to 4 bits: a 4-bit head would lose weight
+  precision. The lean step (leanstep.py) reads a float16 copy of it, with the same FBGEMM product.
 - Steps of two rows or more read a float16 copy of the same layers instead, through FBGEMM's float16 product
   (`half_product`; float32 input and sums, where torch has FBGEMM: x86 builds): this kernel dequantizes per
   row, so its cost grows with the rows, while FBGEMM's reads its weights once per step. Float16 keeps 11
@@ -155,12 +155,14 @@ def product(rows: Any, packed: Packed) -> Any:
 
 
 def half_available() -> bool:
-    """Whether this torch has FBGEMM's float16-weight product (x86 builds; not ARM's)."""
+    """Whether FBGEMM's float16-weight product can pack now: an x86 build of torch, with the quantized engine
+    left at FBGEMM or x86 (packing dispatches on it)."""
     import torch
 
     try:
-        return "fbgemm" in torch.backends.quantized.supported_engines and bool(
-            torch.ops.quantized.linear_prepack_fp16 and torch.ops.quantized.linear_dynamic_fp16)
+        return ("fbgemm" in torch.backends.quantized.supported_engines
+                and torch.backends.quantized.engine in ("fbgemm", "x86")
+                and bool(torch.ops.quantized.linear_prepack_fp16 and torch.ops.quantized.linear_dynamic_fp16))
     except (AttributeError, RuntimeError):
         return False
 
@@ -169,7 +171,8 @@ def pack_half(weight: Any) -> Any:
     """`weight` [N, K] as FBGEMM's packed float16 matrix (an opaque object `half_product` reads)."""
     import torch
 
-    return torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), None)
+    # a copy: FBGEMM clamps values past float16's range in the tensor it is given, which could be the weight itself
+    return torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous().clone(), None)
 
 
 def half_product(rows: Any, packed: Any) -> Any:

@@ -69,12 +69,26 @@ class _Product:
     sizes: list[int]
     bias: Any  # the biases side by side, or None
     packed: Packed | None  # every layer's weight as one int4 matrix, or None (float weights)
-    half: Any  # with `packed`, the same weights as one FBGEMM float16 matrix for steps of HALF_ROWS rows or more
+    half_ok: bool  # with `packed`: steps of HALF_ROWS rows or more read the weights as one FBGEMM float16 matrix
     versions: list[int]  # each weight's `_version` when packed: a later in-place change reads float again
+    half: Any = None  # that float16 copy, once a step has read it
 
     def current(self) -> bool:
         """The packed copy still matches every layer's float weight (none changed in place since)."""
         return all(linear.weight._version == v for linear, v in zip(self.linears, self.versions, strict=True))
+
+    def _half(self) -> Any:
+        """The float16 copy, packed on the first step that reads it (so engines that never batch do not hold
+        it); None where FBGEMM cannot pack."""
+        import torch
+
+        if self.half is None and self.half_ok:
+            if not half_available():
+                self.half_ok = False
+                return None
+            weights = [linear.weight.detach() for linear in self.linears]
+            self.half = pack_half(weights[0] if len(weights) == 1 else torch.cat(weights))
+        return self.half
 
     def __call__(self, x: torch.Tensor, router: LoraRouter | None, fresh: bool) -> torch.Tensor:
         """The layers' outputs side by side; `fresh`: every packed weight of the model is known current."""
@@ -84,7 +98,8 @@ class _Product:
         out: torch.Tensor
         packed = self.packed
         if packed is not None and (fresh or self.current()):
-            out = product(x, packed) if self.half is None or x.shape[0] < HALF_ROWS else half_product(x, self.half)
+            half = self._half() if x.shape[0] >= HALF_ROWS else None
+            out = product(x, packed) if half is None else half_product(x, half)
             if self.bias is not None:
                 out = out + self.bias
         elif len(self.linears) == 1:
@@ -124,7 +139,8 @@ class LeanDecode:
         config = model.config
         self._embed = model.get_input_embeddings()
         self._head = model.get_output_embeddings()
-        self._head_copy: tuple[Any, int] | None = None  # (a copy of its weight for CPU steps, that weight's version)
+        self._head_copy: tuple[Any, int, bool] | None = None  # (a copy of its weight for CPU steps, that weight's
+        # version, whether the copy is float16)
         self._norm = model.model.norm
         self._eps = float(self._norm.variance_epsilon)
         rotary = model.model.rotary_emb
@@ -241,24 +257,25 @@ class LeanDecode:
             x = x + layer.down(functional.silu(gate) * up, router, fresh)
         x = _rms_norm(x, self._norm.weight, self._eps)
         bias = getattr(self._head, "bias", None)
-        if x.device.type != "cpu" or (rows > COLUMN_HEAD_ROWS and not self._half_head):
+        half_head = self._half_head and x.device.type == "cpu" and half_available()
+        if x.device.type != "cpu" or (rows > COLUMN_HEAD_ROWS and not half_head):
             return functional.linear(x, self._head.weight, bias)
         logits: torch.Tensor
-        if self._half_head:
-            logits = half_product(x, self._head_weight(pack_half))
+        if half_head:
+            logits = half_product(x, self._head_weight(pack_half, True))
         else:
-            columns = self._head_weight(lambda weight: weight.detach().t().contiguous())
+            columns = self._head_weight(lambda weight: weight.detach().t().contiguous(), False)
             logits = x @ columns if rows == 1 else torch.cat([row[None] @ columns for row in x])
         return logits if bias is None else logits + bias
 
-    def _head_weight(self, make: Callable[[torch.Tensor], Any]) -> Any:
+    def _head_weight(self, make: Callable[[torch.Tensor], Any], half: bool) -> Any:
         """The copy of the output layer's weight CPU steps read: made by `make` on first use, and again after
         the weight changes in place. A packed model's is FBGEMM's float16 matrix (one row: 2.1 against 6.5 ms
         for the transposed float32 one, 8 rows: 10.0 against 27.2 for `F.linear`; the bundled 49152x576 head,
         one thread, caches flushed); otherwise the weight transposed ([hidden, vocab]), for one or two rows."""
         weight = self._head.weight
-        if self._head_copy is None or self._head_copy[1] != weight._version:
-            self._head_copy = make(weight), int(weight._version)
+        if self._head_copy is None or self._head_copy[1:] != (weight._version, half):
+            self._head_copy = make(weight), int(weight._version), half
         return self._head_copy[0]
 
     @property
@@ -356,14 +373,11 @@ def _product(parents: list[tuple[Any, str]], int4: Int4Decode | None) -> _Produc
     if any(b is not None for b in biases):
         bias = torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
                           for b, linear in zip(biases, linears, strict=True)])
-    packed = half = None
+    packed = None
     if int4 is not None and all(linear in int4.layers.values() for linear in linears):
-        weight = torch.cat([linear.weight.detach() for linear in linears]) if len(linears) > 1 else None
-        if weight is None:
+        if len(linears) == 1:
             packed = linears[0]._metagent_int4  # the layer's own packing, shared with int4.Int4Decode
         else:
-            packed, _ = pack(weight)
-        if half_available():
-            half = pack_half(linears[0].weight if weight is None else weight)
+            packed, _ = pack(torch.cat([linear.weight.detach() for linear in linears]))
     versions = [int(linear.weight._version) for linear in linears]
-    return _Product(parents, linears, sizes, bias, packed, half, versions)
+    return _Product(parents, linears, sizes, bias, packed, packed is not None, versions)

@@ -20,16 +20,19 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from agent.config import Settings
 from agent.errors import ModelLoadError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -181,6 +184,33 @@ def cpu_threads(setting: int) -> int:
     if not _TORCH_DEFAULT_THREADS:
         _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
     return _TORCH_DEFAULT_THREADS[0]
+
+
+def on_threads(count: int, work: Callable[[], T]) -> T:
+    """`work()` in a thread of its own on `count` torch CPU threads (0: in this thread, as they are), for heavy
+    work next to the engine (training, a benchmark's baseline): that thread's OpenMP pool goes when it exits, so
+    none stays next to the decode thread's (cpu_threads). Its exception is raised here."""
+    if not count:
+        return work()
+    import torch
+
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        torch.set_num_threads(count)
+        try:
+            outcome.append((True, work()))
+        except BaseException as e:  # handed to the caller's thread
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="metagent-work", daemon=True)
+    thread.start()
+    thread.join()
+    done, value = outcome[0]
+    if not done:
+        raise value
+    result: T = value
+    return result
 
 
 def load_model(settings: Settings, progress: Progress | None = None) -> LoadedModel:

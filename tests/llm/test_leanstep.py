@@ -123,7 +123,9 @@ def test_qwen2_biases_are_added(packed: bool) -> None:
     lean = LeanDecode.build(model, int4)
     assert lean is not None and lean.packed == packed
     assert model.model.layers[0].self_attn.q_proj.bias is not None
-    for mine, theirs in twin_steps(model, lean):  # packed, batched: float16 weights against float32
+    # packed and batched: float16 weights against float32 (without FBGEMM: 4-bit layers on both sides)
+    decoding = int4.active if int4 is not None and not half_available() else nullcontext
+    for mine, theirs in twin_steps(model, lean, decoding=decoding):
         assert_close(mine, theirs, 1e-3 if packed else 1e-5)
     if int4 is not None:  # one row: 4-bit weights on both sides
         for mine, theirs in twin_steps(model, lean, adapters=[BASE], prompts=PROMPTS[:1], decoding=int4.active):
@@ -165,15 +167,29 @@ def test_batched_packed_steps_read_float16_copies(tiny_model: TinyFactory) -> No
     assert lean is not None and lean.packed and HALF_ROWS <= 2
     if not half_available():
         pytest.skip("this torch has no FBGEMM (not an x86 build)")
-    assert all(product.half is not None for layer in lean._layers for product in layer.products)
+    products = [product for layer in lean._layers for product in layer.products]
+    assert all(product.half is None for product in products)  # packed on the first batched step, not at load
     # float16 weights, float32 sums: within 1e-3 of the float32 weights (the 4-bit path is 3e-3 away)
     for mine, theirs in twin_steps(model, lean):
         assert mine.shape[0] >= HALF_ROWS
         assert_close(mine, theirs, 1e-3)
+    assert all(product.half is not None for product in products)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(-2.0)  # changed in place: the float16 head is made again
     for mine, theirs in twin_steps(model, lean, steps=2):
         assert_close(mine, theirs, 1e-3)
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"  # FBGEMM cannot pack under another engine: 4-bit and float32
+    try:
+        assert not half_available()
+        int4 = Int4Decode.prepare(model, "auto")
+        other = LeanDecode.build(model, int4)
+        assert other is not None and int4 is not None
+        for mine, theirs in twin_steps(model, other, steps=2, decoding=int4.active):
+            assert_close(mine, theirs, 1e-3)
+        assert all(product.half is None for layer in other._layers for product in layer.products)
+    finally:
+        torch.backends.quantized.engine = engine
 
 
 def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory) -> None:

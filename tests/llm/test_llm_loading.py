@@ -173,3 +173,20 @@ def test_the_decode_thread_computes_on_the_configured_threads(tiny_model: TinyFa
         assert torch.get_num_threads() == 1  # the caller's thread is left as it was
     finally:
         torch.set_num_threads(before)
+
+
+def test_on_threads_runs_work_in_its_own_thread_and_raises_its_error() -> None:
+    import threading
+
+    import torch
+
+    here = threading.current_thread()
+    seen = loading.on_threads(3, lambda: (threading.current_thread() is here, torch.get_num_threads()))
+    assert seen == (False, 3)
+    assert loading.on_threads(0, lambda: threading.current_thread() is here)  # 0: here, as things are
+
+    def fails() -> None:
+        raise ModelLoadError("bad")
+
+    with pytest.raises(ModelLoadError, match="bad"):
+        loading.on_threads(2, fails)
