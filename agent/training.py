@@ -191,6 +191,7 @@ def train_adapter(request: TrainRequest, progress: TrainProgress | None = None) 
     encoder = Encoder(request.base.llm)
     job = _job(request, encoder)
     evaluator = Evaluator(encoder, request.base.device, request.hyper.batch_size, request.scorer)
+
     def run(model: Any) -> AdapterMeta:
         before = _measure(job, model, evaluator, say, "before training")
         train_s = _fit(job, model, evaluator, request.hyper, say)

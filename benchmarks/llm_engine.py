@@ -163,15 +163,13 @@ def load(shape: str, int4: Any, tokenizer_dir: str, options: dict[str, Any]) -> 
     """The engine on the bundled model or a random-initialised one of `shape` (built on the device, in its dtype)."""
     from agent.config import Settings
     from agent.llm.engine import TransformersLLM
-    from agent.llm.loading import cpu_threads, load_model, pick_device, pick_dtype
+    from agent.llm.loading import cpu_threads, load_model, pick_device, pick_dtype, settle_threads
 
     settings = Settings.load()
     if tokenizer_dir:
-        import torch
         from transformers import AutoTokenizer
 
-        cpu_threads(settings.model.threads)  # as load_model does: torch's default read first, this thread at one
-        torch.set_num_threads(1)
+        settle_threads(settings.model.threads)  # as load_model does
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         device = pick_device(settings.model.device)

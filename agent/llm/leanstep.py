@@ -69,9 +69,8 @@ class _Product:
     sizes: list[int]
     bias: Any  # the biases side by side, or None
     packed: Packed | None  # every layer's weight as one int4 matrix, or None (float weights)
-    half_ok: bool  # with `packed`: steps of HALF_ROWS rows or more read the weights as one FBGEMM float16 matrix
     versions: list[int]  # each weight's `_version` when packed: a later in-place change reads float again
-    half: Any = None  # that float16 copy, once a step has read it
+    half: Any = None  # with `packed`, the weights as one FBGEMM float16 matrix, once a step of HALF_ROWS rows read it
 
     def current(self) -> bool:
         """The packed copy still matches every layer's float weight (none changed in place since)."""
@@ -79,13 +78,10 @@ class _Product:
 
     def _half(self) -> Any:
         """The float16 copy, packed on the first step that reads it (so engines that never batch do not hold
-        it); None where FBGEMM cannot pack."""
+        it); None while FBGEMM cannot pack."""
         import torch
 
-        if self.half is None and self.half_ok:
-            if not half_available():
-                self.half_ok = False
-                return None
+        if self.half is None and half_available():
             weights = [linear.weight.detach() for linear in self.linears]
             self.half = pack_half(weights[0] if len(weights) == 1 else torch.cat(weights))
         return self.half
@@ -159,7 +155,6 @@ class LeanDecode:
         self._slots = [(parent._modules, name, linear)  # (children dict, name, Linear)
                        for p in products for (parent, name), linear in zip(p.parents, p.linears, strict=True)]
         self.packed = packed  # the layer products read 4-bit weights (int4.py) on CPU
-        self._half_head = packed and half_available()  # then the output layer reads a float16 copy on CPU
         self.steps = 0  # decode steps this path ran (tests and benchmarks read it)
 
     @classmethod
@@ -257,7 +252,7 @@ class LeanDecode:
             x = x + layer.down(functional.silu(gate) * up, router, fresh)
         x = _rms_norm(x, self._norm.weight, self._eps)
         bias = getattr(self._head, "bias", None)
-        half_head = self._half_head and x.device.type == "cpu" and half_available()
+        half_head = self.packed and x.device.type == "cpu" and half_available()  # a float16 copy of the head
         if x.device.type != "cpu" or (rows > COLUMN_HEAD_ROWS and not half_head):
             return functional.linear(x, self._head.weight, bias)
         logits: torch.Tensor
@@ -380,4 +375,4 @@ def _product(parents: list[tuple[Any, str]], int4: Int4Decode | None) -> _Produc
         else:
             packed, _ = pack(torch.cat([linear.weight.detach() for linear in linears]))
     versions = [int(linear.weight._version) for linear in linears]
-    return _Product(parents, linears, sizes, bias, packed, packed is not None, versions)
+    return _Product(parents, linears, sizes, bias, packed, versions)

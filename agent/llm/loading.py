@@ -186,6 +186,16 @@ def cpu_threads(setting: int) -> int:
     return _TORCH_DEFAULT_THREADS[0]
 
 
+def settle_threads(setting: int) -> int:
+    """Leave the calling (loading) thread at one torch thread, after reading torch's default, and return the
+    decode thread's count for `[model] threads` (cpu_threads)."""
+    import torch
+
+    threads = cpu_threads(setting)  # torch's default is read before this changes it
+    torch.set_num_threads(1)  # this thread's: no second OpenMP pool next to the decode thread's
+    return threads
+
+
 def on_threads(count: int, work: Callable[[], T]) -> T:
     """`work()` in a thread of its own on `count` torch CPU threads (0: in this thread, as they are), for heavy
     work next to the engine (training, a benchmark's baseline): that thread's OpenMP pool goes when it exits, so
@@ -220,8 +230,7 @@ def load_model(settings: Settings, progress: Progress | None = None) -> LoadedMo
     source = resolve_source(settings.model.path)
     import torch
 
-    cpu_threads(settings.model.threads)  # torch's default, read before this changes it
-    torch.set_num_threads(1)  # this thread's: no second OpenMP pool next to the decode thread's (cpu_threads)
+    settle_threads(settings.model.threads)
     device = pick_device(settings.model.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"[model] device is {device!r} but torch sees no CUDA GPU; set device = \"auto\"")
