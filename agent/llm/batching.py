@@ -4,7 +4,8 @@ Every row's cache is left-padded to one length L, so a decode step is one forwar
 against a [B, heads, L, dim] cache. Per row: an attention-mask row (0 over its padding) and its next position
 id (the count of its real tokens, so RoPE sees the same positions as when the row runs alone).
 
-A newcomer is prefilled alone (its own [1, P] forward, with its own adapter) and then merged: the shorter of
+A newcomer is prefilled (its own [1, P] forward with its own adapter, or `prefill_many`: several prompts in one
+forward, each row then copied out as if prefilled alone) and then merged: the shorter of
 the two caches is padded on the left to the longer, and the two are concatenated along the batch axis. A row
 that leaves is dropped with an index select; padding columns that no remaining row uses are trimmed, so one
 long request that finished does not make every later step attend over its length.
@@ -76,6 +77,65 @@ class KVBatch:
         mask = torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device)
         positions = torch.tensor([len(prompt_ids)], dtype=torch.long, device=device)
         return cls(model, cache, mask, positions), _host(out.logits[:, -1])[0]
+
+    @classmethod
+    def prefill_many(cls, model: Any, prompts: Sequence[Sequence[int]], route: Route, adapters: Sequence[str],
+                     hits: Sequence[Hit | None]) -> list[tuple[KVBatch, Any]]:
+        """`prefill` of several prompts in one forward: for each, the one-row batch and logits `prefill` gives
+        (up to rounding: the products' shapes differ), in order.
+
+        Row i runs its tokens past `hits[i]` (the cached part, as in `prefill`). The forward's rows are laid out
+        as [cached part | zeros] then [new tokens | padding], with an attention mask that is 0 over the zeros
+        and the padding, and each row's own position ids, so a row attends to exactly what it attends to alone.
+        Padding goes after each row's tokens, where it can see them (no query row sees nothing). Each row's
+        keys and values are then copied out without the gaps, so every returned batch is a plain prefilled row.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        if len(prompts) == 1:
+            return [cls.prefill(model, prompts[0], route, adapters[0], hits[0])]
+        device = model.device
+        starts = [0 if hit is None else hit.tokens for hit in hits]
+        lengths = [len(prompt) - start for prompt, start in zip(prompts, starts, strict=True)]
+        cached, width = max(starts), max(lengths)
+        ids = torch.tensor([[*prompt[start:], *[0] * (width - length)]
+                            for prompt, start, length in zip(prompts, starts, lengths, strict=True)], device=device)
+        mask = torch.tensor([[1] * start + [0] * (cached - start) + [1] * length + [0] * (width - length)
+                             for start, length in zip(starts, lengths, strict=True)], device=device)
+        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(width, device=device)[None, :]
+        cache = growing(DynamicCache(config=model.config))
+        if cached:  # each row's cached keys and values, then zeros up to the longest cached part
+            shown = next(hit for hit in hits if hit is not None)
+            for index, (keys, _) in enumerate(shown.layers):
+                blocks = [keys.new_zeros((len(hits), keys.shape[1], cached, keys.shape[3])) for _ in range(2)]
+                for row, hit in enumerate(hits):
+                    if hit is not None:
+                        for block, part in zip(blocks, hit.layers[index], strict=True):
+                            block[row, :, :hit.tokens] = part[0]
+                cache.update(blocks[0], blocks[1], index)
+        arguments = forward_arguments(model, cache)
+        last = sorted({length - 1 for length in lengths})  # the positions whose logits are needed
+        if "logits_to_keep" in arguments:
+            arguments["logits_to_keep"] = torch.tensor(last, device=device)
+        with torch.inference_mode():
+            with route(list(adapters)):
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **arguments)
+            caches = []
+            for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+                own = growing(DynamicCache(config=model.config))
+                for index, layer in enumerate(cache.layers):
+                    own.update(_unpadded(layer.keys, row, start, cached, length),
+                               _unpadded(layer.values, row, start, cached, length), index)
+                caches.append(own)
+        logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
+        pieces = []
+        for row, (own, start, length) in enumerate(zip(caches, starts, lengths, strict=True)):
+            total = start + length
+            piece = cls(model, own, torch.ones((1, total), dtype=torch.long, device=device),
+                        torch.tensor([total], dtype=torch.long, device=device))
+            pieces.append((piece, _host(logits[row:row + 1, last.index(length - 1)])[0]))
+        return pieces
 
     @property
     def size(self) -> int:
@@ -219,6 +279,15 @@ def _host(logits: torch.Tensor) -> torch.Tensor:
     """Logits as a new, ordinary float32 CPU tensor (call outside inference mode: the grammar masks it in place)."""
     out = logits.float().cpu()
     return out if out is not logits and not out.is_inference() else out.clone()
+
+
+def _unpadded(tensor: torch.Tensor, row: int, start: int, cached: int, length: int) -> torch.Tensor:
+    """Row `row` of a `prefill_many` cache ([B, heads, cached + width, dim]) without its gaps: [1, heads, start +
+    length, dim], its cached part then its new tokens."""
+    import torch
+
+    new = tensor[row:row + 1, :, cached:cached + length]
+    return new if not start else torch.cat([tensor[row:row + 1, :, :start], new], dim=2)
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

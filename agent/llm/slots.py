@@ -8,8 +8,9 @@ cache, merges, row drops). So on CUDA the engine keeps one static cache instead 
 - every layer's keys and values live in [slots, kv_heads, tokens, dim] buffers allocated once (slots =
   [model] max_batch, tokens = [model] graph_tokens capped by the model's context);
 - the running batch's rows sit in slots 0..n-1 with no padding: row i's token at step t goes to position
-  lengths[i], which is also its rotary position. A newcomer, prefilled alone as before (transformers' forward,
-  prefix cache), is copied into the next free slot; rows that leave are compacted (the others move down);
+  lengths[i], which is also its rotary position. A newcomer, prefilled as before (transformers' forward,
+  prefix cache, short prompts together), is copied into the next free slot; rows that leave are compacted
+  (the others move down);
 - a step (leanstep.LeanDecode.slot_step) reads its token ids and lengths from two small device buffers,
   writes each new key and value into its slot with a scatter, and attends over the first `length` positions
   of every slot with a mask (position <= the row's length). Its shapes depend on two numbers only: the rows,

@@ -127,12 +127,15 @@ class Callers:
 
 def batched(llm: TransformersLLM, first: Sequence[LLMRequest],
             late: Sequence[LLMRequest] = ()) -> list[LLMReply | Exception]:
-    """`first` all start together (one prefill each, then one batch); `late` join at the batch's third step."""
-    gate = Gate(llm, [0, len(first) + 2] if late else [0])
+    """`first` decode as one batch: the first is held in its prefill until the others wait behind it (they are
+    then prefilled together); `late` join at the batch's third step."""
+    gate = Gate(llm, [0, 4] if late else [0])  # 0: the first prefill; 1: the others'; 2, 3, 4: steps
     callers = Callers(llm)
     try:
-        callers.start(first)
-        gate.release_when_waiting(len(first) - 1)  # the first one is in its prefill, held
+        callers.start(first[:1])
+        gate.wait_held()
+        callers.start(first[1:])
+        gate.release_when_waiting(len(first) - 1)
         if late:
             gate.wait_held()  # now the batch is decoding
             callers.start(late)
@@ -267,7 +270,9 @@ def test_a_bad_request_fails_alone(tiny_model: TinyFactory, tokenizer: Any, tmp_
     gate = Gate(llm, [0, 4])  # the first prefill, then the batch's second step
     callers = Callers(llm)
     try:
-        callers.start(good)
+        callers.start(good[:1])
+        gate.wait_held()
+        callers.start(good[1:])
         gate.release_when_waiting(1)
         gate.wait_held()  # the good ones decode
         # These two fail in their callers, before reaching the decode thread...
@@ -353,6 +358,84 @@ def test_merged_rows_compute_the_logits_they_compute_alone(tiny_model: TinyFacto
             assert torch.allclose(have, want, atol=1e-5), f"row {r} differs by {(have - want).abs().max()}"
     # The longest row left: the padding only it needed is gone.
     assert batch.size == 2 and batch.mask.shape[1] == max(len(prompts[1]) + 5, len(prompts[2]) + 3)
+
+
+def test_prompts_prefilled_together_get_what_they_get_alone(tiny_model: TinyFactory) -> None:
+    """KVBatch.prefill_many: prompts of different lengths, some past a cached prefix of different lengths and
+    one without, in one forward; each row's logits, cache and next steps are those of its prefill alone."""
+    import torch
+
+    from agent.llm.batching import KVBatch
+    from agent.llm.prefixcache import Hit
+
+    model = tiny_model(7)
+    prompts = [list(range(100, 131)), [1, 5, 9], list(range(300, 320)), list(range(100, 112)) + [7, 8]]
+
+    def route(names: Sequence[str]) -> Any:
+        return nullcontext()
+
+    alone = [KVBatch.prefill(model, prompt, route, "__base__") for prompt in prompts]
+
+    def hit(row: int, tokens: int) -> Hit:
+        return Hit(tokens, tuple((k[:, :, :tokens], v[:, :, :tokens]) for k, v in alone[row][0].layers))
+
+    hits = [hit(0, 25), None, hit(2, 6), hit(0, 12)]  # row 3 shares row 0's first 12 tokens
+    together = KVBatch.prefill_many(model, prompts, route, ["__base__"] * 4, hits)
+    for row, ((piece, logits), (single, want)) in enumerate(zip(together, alone, strict=True)):
+        assert torch.allclose(logits, want, atol=1e-5), f"row {row}: {(logits - want).abs().max()}"
+        assert piece.size == 1 and piece.mask.shape[1] == len(prompts[row]) and piece.mask.all()
+        assert int(piece.positions[0]) == len(prompts[row])
+        for (keys, values), (k, v) in zip(piece.layers, single.layers, strict=True):
+            assert keys.shape == k.shape and torch.allclose(keys, k, atol=1e-5) and torch.allclose(values, v, atol=1e-5)
+        for token in (4, 40, 400):
+            step, expected = piece.step([token], route, ["__base__"]), single.step([token], route, ["__base__"])
+            assert torch.allclose(step, expected, atol=1e-5)
+
+
+def test_waiting_prompts_share_one_prefill_and_long_ones_go_alone(tiny_model: TinyFactory, tokenizer: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.llm import scheduler
+
+    llm = TransformersLLM(tiny_model(2), tokenizer, constrained=False, prefix_cache_mb=0)
+    short = [ask("Hi.", 6), ask("Tell me about the sea and the ships that sail on it.", 7), ask("2+2?", 8),
+             ask("Yo.", 9)]
+    alone = [llm.complete(r) for r in short]
+    prefills = llm.scheduler.prefills
+    assert texts(batched(llm, short)) == texts(alone)
+    # the first alone (held at the gate), then the three that waited behind it in one forward
+    assert llm.scheduler.prefills - prefills == 2
+    assert llm.scheduler.max_rows_seen == 4
+    # a prompt over BATCH_PREFILL_MAX_TOKENS is prefilled alone
+    monkeypatch.setattr(scheduler, "BATCH_PREFILL_MAX_TOKENS", len(llm.prompt_ids(short[1])) - 1)
+    prefills = llm.scheduler.prefills
+    assert texts(batched(llm, short)) == texts(alone)
+    assert llm.scheduler.prefills - prefills == 3  # the first; the sea alone; then the last two together
+
+
+def test_a_shared_prefill_that_fails_is_retried_alone(tiny_model: TinyFactory, tokenizer: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward over several prompts that fails (out of memory, say) fails only the prompt that fails alone."""
+    from agent.llm.batching import KVBatch
+
+    llm = TransformersLLM(tiny_model(3), tokenizer, constrained=False, prefix_cache_mb=0)
+    requests = [ask("Hi.", 6), ask("Tell me a story.", 7), ask("Poison.", 8), ask("2+2?", 9)]
+    alone = [llm.complete(r) for r in requests]
+    poison = llm.prompt_ids(requests[2])
+    real = KVBatch.prefill_many
+    shapes: list[int] = []
+
+    def failing(model: Any, prompts: Sequence[Sequence[int]], *args: Any) -> Any:
+        shapes.append(len(prompts))
+        if any(list(p) == poison for p in prompts):
+            raise RuntimeError("simulated: not enough memory")
+        return real(model, prompts, *args)
+
+    monkeypatch.setattr(KVBatch, "prefill_many", failing)
+    replies = batched(llm, requests)
+    assert shapes == [1, 3, 1, 1, 1]  # the first; the three that waited, failing; each of them alone
+    assert texts([replies[i] for i in (0, 1, 3)]) == texts([alone[i] for i in (0, 1, 3)])
+    assert isinstance(replies[2], LLMError) and "not enough memory" in str(replies[2])
+    assert f"on a {len(poison)}-token prompt" in str(replies[2])
 
 
 def test_max_batch_caps_the_batch_and_queues_the_rest(tiny_model: TinyFactory, tokenizer: Any) -> None:
