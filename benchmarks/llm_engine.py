@@ -13,7 +13,8 @@ copy under benchmarks/results/:
     tool_choice="auto", a plain answer), the same prompt decoded without the grammar (its cost alone), and the
     share of the memory-bandwidth roofline (weights read per token over the bandwidth a big tensor sum reaches
     on this device);
-  - N sessions: N threads calling the engine at once (continuous batching) against the same N requests one
+  - N sessions: N threads calling the engine at once (continuous batching), the same with every waiting
+    prompt prefilled in a forward of its own (the scheduler's prefill_tokens = 0), the same N requests one
     after another, and one padded batch-N `model.generate`;
   - adapters: 8 concurrent sessions with LoRA adapters (rank 16 on q/k/v/o, random non-zero B): base rows
     with PEFT loaded, all rows on one adapter, each row on its own adapter (PEFT's mixed-batch forward), with
@@ -21,8 +22,9 @@ copy under benchmarks/results/:
   - time to first token (a second table) on an agent's prompts (the default system prompt, 6 tool schemas,
     a request; then the run's second step, which adds the reply and a tool result): `model.generate` with
     max_new_tokens=1 on the second step's prompt, the engine with an empty prefix cache (cold), the engine
-    on the second step right after the first (its prompt's prefix cached), and a new session's first step
-    after another session's (the system prompt and tool schemas cached);
+    on the second step right after the first (its prompt's prefix cached), a new session's first step
+    after another session's (the system prompt and tool schemas cached), and 8 new sessions starting at once
+    after another session's (the mean of their times to first token);
   - adapter switch (a third table): one-token requests one after another on two adapters (0, 0, 1, 1, ...),
     those on the same adapter as the request before against those on the other one (the difference is the
     cost of a switch), the first request on an adapter
@@ -283,10 +285,14 @@ class Bench:
             ("engine, 1 session, same prompt, no grammar",
              lambda: self.engine(self.free, [request(0, n, tools=True)])),
         ]
+        serial = self.variant()  # the same engine, each waiting prompt prefilled in a forward of its own
+        serial.scheduler.prefill_tokens = 0
         for count in (c for c in sessions if c > 1):
             requests = [request(i, n) for i in range(count)]
             runs += [(f"engine, {count} sessions one after another", partial(self.sequential, requests)),
                      (f"engine, {count} concurrent sessions", partial(self.engine, self.llm, requests)),
+                     (f"engine, {count} concurrent sessions, one prefill per prompt",
+                      partial(self.engine, serial, requests)),
                      (f"generate, one padded batch of {count}", partial(self.generate, list(range(count))))]
         if self.llm.int4 is not None:  # the same model, decode steps reading its float32 weights
             runs += self.same_requests(self.variant(int4="off"), "int4 off (float32 weights)", sessions)
@@ -438,13 +444,40 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
         llm.complete(request)
         return (time.perf_counter() - started) * 1000
 
+    users = ["Summarise the meeting notes in notes/monday.md for me.", "What is 17% of 2,340?",
+             "Find the docs that explain the sandbox's network policy.", "Email Ana the weather in Lisbon.",
+             "Run a Python snippet that prints the first ten primes.", "Read README.md and list the commands.",
+             "How warm will it be in Oslo tomorrow?", "Search the docs for 'prefix cache' and explain it."]
+    sessions = [agent_request(user, 1) for user in users]
+
+    def together() -> float:
+        """The mean time to first token of `sessions` started at once, after `first` (system + tools cached)."""
+        prefix.clear()
+        llm.complete(first)
+        barrier, taken = threading.Barrier(len(sessions)), []
+
+        def call(request: Any) -> None:
+            barrier.wait()
+            started = time.perf_counter()
+            llm.complete(request)
+            taken.append(time.perf_counter() - started)
+
+        threads = [threading.Thread(target=call, args=(r,)) for r in sessions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return statistics.mean(taken) * 1000
+
     llm.complete(first)  # compiles the tool set's grammar once, as a running agent already has
     steps, session = len(ids[0]), len(llm.prompt_ids(other))
+    mean_tokens = round(statistics.mean(len(llm.prompt_ids(r)) for r in sessions))
     cases: list[tuple[str, int, Callable[[], float]]] = [  # name, prompt tokens, one timing
         ("generate, max_new_tokens=1", steps, lambda: _ms(generate)),
         ("engine, cold (empty prefix cache)", steps, lambda: timed(second)),
         ("engine, next step of the run (prefix cached)", steps, lambda: timed(second, before=first)),
         ("engine, new session (system + tools cached)", session, lambda: timed(other, before=first)),
+        (f"engine, {len(sessions)} new sessions at once (mean)", mean_tokens, together),
     ]
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(max(rounds, 3)):

@@ -105,15 +105,18 @@ class KVBatch:
                              for start, length in zip(starts, lengths, strict=True)], device=device)
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(width, device=device)[None, :]
         cache = growing(DynamicCache(config=model.config))
-        if cached:  # each row's cached keys and values, then zeros up to the longest cached part
-            shown = next(hit for hit in hits if hit is not None)
-            for index, (keys, _) in enumerate(shown.layers):
-                blocks = [keys.new_zeros((len(hits), keys.shape[1], cached, keys.shape[3])) for _ in range(2)]
-                for row, hit in enumerate(hits):
-                    if hit is not None:
-                        for block, part in zip(blocks, hit.layers[index], strict=True):
-                            block[row, :, :hit.tokens] = part[0]
-                cache.update(blocks[0], blocks[1], index)
+        if cached:  # each layer's buffers: every row's cached part, zeros up to `cached`, room for the new tokens
+            for index, layer in enumerate(cache.layers):
+                buffers = []
+                for which in range(2):
+                    like = next(hit for hit in hits if hit is not None).layers[index][which]
+                    buffer = like.new_empty((len(hits), like.shape[1], cached + width, like.shape[3]))
+                    for row, (hit, start) in enumerate(zip(hits, starts, strict=True)):
+                        if hit is not None:
+                            buffer[row, :, :start] = hit.layers[index][which][0]
+                        buffer[row, :, start:cached] = 0  # masked, but read: it must not be NaN
+                    buffers.append(buffer)
+                layer.take(buffers[0], buffers[1], cached)
         arguments = forward_arguments(model, cache)
         last = sorted({length - 1 for length in lengths})  # the positions whose logits are needed
         if "logits_to_keep" in arguments:
@@ -124,9 +127,10 @@ class KVBatch:
             caches = []
             for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
                 own = growing(DynamicCache(config=model.config))
-                for index, layer in enumerate(cache.layers):
-                    own.update(_unpadded(layer.keys, row, start, cached, length),
-                               _unpadded(layer.values, row, start, cached, length), index)
+                for layer, mine in zip(cache.layers, own.layers, strict=True):
+                    keys, values = (_unpadded(part, row, start, cached, length) for part in (layer.keys, layer.values))
+                    mine.lazy_initialization(keys, values)
+                    mine.keys, mine.values = keys, values  # adopted: copied, never written, at the next update
                 caches.append(own)
         logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
         pieces = []
@@ -242,6 +246,13 @@ def _growing_class() -> type:
                     return buffer
                 return buffer[..., : self._length[which], :]
 
+            def take(self, keys: Any, values: Any, filled: int) -> None:
+                """Start from these buffers, whose first `filled` positions hold keys and values; the next
+                updates write past them in place (the caller hands them over and keeps no other reference)."""
+                if not self.is_initialized:
+                    self.lazy_initialization(keys, values)
+                self._buffers, self._length, self._owned = [keys, values], [filled, filled], [True, True]
+
             def _adopt(self, which: int, value: Any) -> None:
                 self._buffers[which] = value
                 self._owned[which] = False
@@ -282,12 +293,12 @@ def _host(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _unpadded(tensor: torch.Tensor, row: int, start: int, cached: int, length: int) -> torch.Tensor:
-    """Row `row` of a `prefill_many` cache ([B, heads, cached + width, dim]) without its gaps: [1, heads, start +
-    length, dim], its cached part then its new tokens."""
-    import torch
-
-    new = tensor[row:row + 1, :, cached:cached + length]
-    return new if not start else torch.cat([tensor[row:row + 1, :, :start], new], dim=2)
+    """Row `row` of a `prefill_many` cache ([B, heads, cached + width, dim]) without its gaps, as a new tensor:
+    [1, heads, start + length, dim], its cached part then its new tokens."""
+    out = tensor.new_empty((1, tensor.shape[1], start + length, tensor.shape[3]))
+    out[:, :, :start] = tensor[row:row + 1, :, :start]
+    out[:, :, start:] = tensor[row:row + 1, :, cached:cached + length]
+    return out
 
 
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

@@ -48,11 +48,14 @@ if TYPE_CHECKING:
     from agent.llm.prefixcache import Hit
 
 DEFAULT_MAX_BATCH = 8
-# Waiting prompts whose uncached part is at most BATCH_PREFILL_MAX_TOKENS tokens are prefilled together, up to
-# BATCH_PREFILL_TOKENS padded tokens per forward; longer ones alone, first. A short prefill costs mostly the
-# weights it reads and the forward's fixed work, not its tokens: on the bundled model (CPU, 2 threads) one
-# 16-token prompt took 136 ms and eight together 416 ms (0.38 of one after another); eight of 64 tokens 0.54,
-# of 128 0.61, of 256 0.83. A long prompt goes first and alone so the prompts after it can reuse its prefix.
+# Waiting prompts of at most BATCH_PREFILL_MAX_TOKENS tokens are prefilled together, up to BATCH_PREFILL_TOKENS
+# positions per forward (rows x (longest cached part + longest new part)); longer ones alone, first, so the
+# prompts after them can reuse their prefix. A short prefill costs mostly the weights it reads and the forward's
+# fixed work, not its tokens: on the bundled model (CPU, 2 threads) one 16-token prompt took 136 ms and eight
+# together 416 ms (0.38 of one after another); eight of 64 tokens 0.54, of 128 0.61, of 256 0.83. Not long
+# prompts past a cached prefix (an agent's step after the system prompt and tool schemas): each row then
+# carries its copy of the cached part through the forward, and 8 new agent sessions of ~440 tokens (423
+# cached) waited 1.1-2.2 s for their shared forward against a mean of 0.8-1.1 s one after another.
 BATCH_PREFILL_MAX_TOKENS = 256
 BATCH_PREFILL_TOKENS = 2048
 EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
@@ -122,6 +125,7 @@ class Scheduler:
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.prefills = 0  # prefill forwards so far (several prompts may share one)
+        self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most padded tokens in a shared prefill (0: one per prompt)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
 
@@ -181,7 +185,7 @@ class Scheduler:
     def _admit(self) -> None:
         """Prefill the waiting jobs the batch has room for; short prompts share a forward (`_prefill`)."""
         group: list[tuple[_Row, Hit | None]] = []
-        widest = 0  # the longest uncached part in `group`
+        cached = new = 0  # the layout of `group`'s shared forward: the longest cached part, the longest new part
         while len(self._rows) + len(group) < self._capacity():
             with self._wake:
                 if not self._inbox:
@@ -196,15 +200,16 @@ class Scheduler:
                 continue
             # looked up here, after the prompts before it stored theirs (a new session's system prompt)
             hit = self.prefix.lookup(row.adapter, job.prompt_ids) if self.prefix is not None else None
-            remaining = len(job.prompt_ids) - (0 if hit is None else hit.tokens)
-            if self._mergeable is None or remaining > BATCH_PREFILL_MAX_TOKENS:
+            start = 0 if hit is None else hit.tokens
+            if self._mergeable is None or len(job.prompt_ids) > min(BATCH_PREFILL_MAX_TOKENS, self.prefill_tokens):
                 self._prefill([(row, hit)])  # alone, at once (the first also says whether rows can share a batch)
                 continue
-            if group and (len(group) + 1) * max(widest, remaining) > BATCH_PREFILL_TOKENS:
+            if group and (len(group) + 1) * (max(cached, start) + max(new, len(job.prompt_ids) - start)) > \
+                    self.prefill_tokens:
                 self._prefill(group)
-                group, widest = [], 0
+                group, cached, new = [], 0, 0
             group.append((row, hit))
-            widest = max(widest, remaining)
+            cached, new = max(cached, start), max(new, len(job.prompt_ids) - start)
         if group:
             self._prefill(group)
 

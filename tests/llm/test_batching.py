@@ -392,11 +392,13 @@ def test_prompts_prefilled_together_get_what_they_get_alone(tiny_model: TinyFact
             assert torch.allclose(step, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("prefix_cache_mb", [0, 16])  # with the cache, each prompt past the shared system turn
 def test_waiting_prompts_share_one_prefill_and_long_ones_go_alone(tiny_model: TinyFactory, tokenizer: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  prefix_cache_mb: int) -> None:
     from agent.llm import scheduler
 
-    llm = TransformersLLM(tiny_model(2), tokenizer, constrained=False, prefix_cache_mb=0)
+    llm = TransformersLLM(tiny_model(2), tokenizer, constrained=False, prefix_cache_mb=prefix_cache_mb)
     short = [ask("Hi.", 6), ask("Tell me about the sea and the ships that sail on it.", 7), ask("2+2?", 8),
              ask("Yo.", 9)]
     alone = [llm.complete(r) for r in short]
@@ -410,6 +412,9 @@ def test_waiting_prompts_share_one_prefill_and_long_ones_go_alone(tiny_model: Ti
     prefills = llm.scheduler.prefills
     assert texts(batched(llm, short)) == texts(alone)
     assert llm.scheduler.prefills - prefills == 3  # the first; the sea alone; then the last two together
+    if prefix_cache_mb:
+        stats = llm.prefix_cache.stats  # type: ignore[union-attr]
+        assert stats.hits >= 3 * len(short) - 1  # every prompt but the very first reused the system turn
 
 
 def test_a_shared_prefill_that_fails_is_retried_alone(tiny_model: TinyFactory, tokenizer: Any,
