@@ -125,7 +125,7 @@ class Scheduler:
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.prefills = 0  # prefill forwards so far (several prompts may share one)
-        self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most padded tokens in a shared prefill (0: one per prompt)
+        self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most positions in a shared prefill (0: one per prompt)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
 
