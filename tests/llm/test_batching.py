@@ -360,13 +360,24 @@ def test_merged_rows_compute_the_logits_they_compute_alone(tiny_model: TinyFacto
     assert batch.size == 2 and batch.mask.shape[1] == max(len(prompts[1]) + 5, len(prompts[2]) + 3)
 
 
-def test_prompts_prefilled_together_get_what_they_get_alone(tiny_model: TinyFactory) -> None:
+@pytest.mark.parametrize("keep_argument", [True, False])  # False: a model whose forward has no logits_to_keep
+def test_prompts_prefilled_together_get_what_they_get_alone(tiny_model: TinyFactory, keep_argument: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """KVBatch.prefill_many: prompts of different lengths, some past a cached prefix of different lengths and
     one without, in one forward; each row's logits, cache and next steps are those of its prefill alone."""
     import torch
 
+    from agent.llm import batching
     from agent.llm.batching import KVBatch
     from agent.llm.prefixcache import Hit
+
+    if not keep_argument:
+        plain = batching.forward_arguments
+
+        def without_keep(model: Any, cache: Any) -> dict[str, Any]:
+            return {k: v for k, v in plain(model, cache).items() if k != "logits_to_keep"}
+
+        monkeypatch.setattr(batching, "forward_arguments", without_keep)
 
     model = tiny_model(7)
     prompts = [list(range(100, 131)), [1, 5, 9], list(range(300, 320)), list(range(100, 112)) + [7, 8]]
