@@ -98,6 +98,8 @@ class KVBatch:
         device = model.device
         starts = [0 if hit is None else hit.tokens for hit in hits]
         lengths = [len(prompt) - start for prompt, start in zip(prompts, starts, strict=True)]
+        if min(lengths) < 1:
+            raise ValueError("a prompt with no token to run")  # (alone, the forward itself refuses it)
         cached, width = max(starts), max(lengths)
         ids = torch.tensor([[*prompt[start:], *[0] * (width - length)]
                             for prompt, start, length in zip(prompts, starts, lengths, strict=True)], device=device)
@@ -133,12 +135,14 @@ class KVBatch:
                     mine.keys, mine.values = keys, values  # adopted: copied, never written, at the next update
                 caches.append(own)
         logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
+        chosen = torch.tensor([last.index(length - 1) for length in lengths], device=device)
+        rows = _host(logits[torch.arange(len(prompts), device=device), chosen])  # one copy to the host
         pieces = []
         for row, (own, start, length) in enumerate(zip(caches, starts, lengths, strict=True)):
             total = start + length
             piece = cls(model, own, torch.ones((1, total), dtype=torch.long, device=device),
                         torch.tensor([total], dtype=torch.long, device=device))
-            pieces.append((piece, _host(logits[row:row + 1, last.index(length - 1)])[0]))
+            pieces.append((piece, rows[row]))
         return pieces
 
     @property
@@ -295,6 +299,8 @@ def _host(logits: torch.Tensor) -> torch.Tensor:
 def _unpadded(tensor: torch.Tensor, row: int, start: int, cached: int, length: int) -> torch.Tensor:
     """Row `row` of a `prefill_many` cache ([B, heads, cached + width, dim]) without its gaps, as a new tensor:
     [1, heads, start + length, dim], its cached part then its new tokens."""
+    if not start:
+        return tensor[row:row + 1, :, cached:cached + length].clone()
     out = tensor.new_empty((1, tensor.shape[1], start + length, tensor.shape[3]))
     out[:, :, :start] = tensor[row:row + 1, :, :start]
     out[:, :, start:] = tensor[row:row + 1, :, cached:cached + length]

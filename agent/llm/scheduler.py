@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_BATCH = 8
 # Waiting prompts of at most BATCH_PREFILL_MAX_TOKENS tokens are prefilled together, up to BATCH_PREFILL_TOKENS
-# positions per forward (rows x (longest cached part + longest new part)); longer ones alone, first, so the
-# prompts after them can reuse their prefix. A short prefill costs mostly the weights it reads and the forward's
+# positions per forward (rows x (longest cached part + longest new part)); a longer one alone, in its turn
+# (the prompts after it can then reuse its prefix). A short prefill costs mostly the weights it reads and the forward's
 # fixed work, not its tokens: on the bundled model (CPU, 2 threads) one 16-token prompt took 136 ms and eight
 # together 416 ms (0.38 of one after another); eight of 64 tokens 0.54, of 128 0.61, of 256 0.83. Not long
 # prompts past a cached prefix (an agent's step after the system prompt and tool schemas): each row then
@@ -183,35 +183,41 @@ class Scheduler:
         return 1 if self._mergeable is False else max(1, self.max_batch)
 
     def _admit(self) -> None:
-        """Prefill the waiting jobs the batch has room for; short prompts share a forward (`_prefill`)."""
+        """Prefill the waiting jobs the batch has room for, in order; short prompts share a forward."""
         group: list[tuple[_Row, Hit | None]] = []
         cached = new = 0  # the layout of `group`'s shared forward: the longest cached part, the longest new part
-        while len(self._rows) + len(group) < self._capacity():
-            with self._wake:
-                if not self._inbox:
-                    break
-                job = self._inbox.popleft()
-            if job.cancelled:
-                continue
-            try:
-                row = _Row(job, self._lora.resolve(job.adapter))
-            except Exception as e:  # its adapter does not load: this job only
-                _fail(job, e)
-                continue
-            # looked up here, after the prompts before it stored theirs (a new session's system prompt)
-            hit = self.prefix.lookup(row.adapter, job.prompt_ids) if self.prefix is not None else None
-            start = 0 if hit is None else hit.tokens
-            if self._mergeable is None or len(job.prompt_ids) > min(BATCH_PREFILL_MAX_TOKENS, self.prefill_tokens):
-                self._prefill([(row, hit)])  # alone, at once (the first also says whether rows can share a batch)
-                continue
-            if group and (len(group) + 1) * (max(cached, start) + max(new, len(job.prompt_ids) - start)) > \
-                    self.prefill_tokens:
+        try:
+            while len(self._rows) + len(group) < self._capacity():
+                with self._wake:
+                    if not self._inbox:
+                        break
+                    job = self._inbox.popleft()
+                if job.cancelled:
+                    continue
+                try:
+                    row = _Row(job, self._lora.resolve(job.adapter))
+                    # looked up as it is taken: after the prompts prefilled before it stored theirs
+                    hit = self.prefix.lookup(row.adapter, job.prompt_ids) if self.prefix is not None else None
+                except Exception as e:  # its adapter does not load: this job only
+                    _fail(job, e)
+                    continue
+                start, size = (0 if hit is None else hit.tokens), len(job.prompt_ids)
+                alone = self._mergeable is None or size > min(BATCH_PREFILL_MAX_TOKENS, self.prefill_tokens)
+                if group and (alone or (len(group) + 1) * (max(cached, start) + max(new, size - start))
+                              > self.prefill_tokens):
+                    self._prefill(group)  # the jobs before this one first
+                    group, cached, new = [], 0, 0
+                if alone:  # (the first prefill also says whether rows can share a batch at all)
+                    self._prefill([(row, hit)])
+                    continue
+                group.append((row, hit))
+                cached, new = max(cached, start), max(new, size - start)
+            if group:
                 self._prefill(group)
-                group, cached, new = [], 0, 0
-            group.append((row, hit))
-            cached, new = max(cached, start), max(new, len(job.prompt_ids) - start)
-        if group:
-            self._prefill(group)
+        except BaseException:
+            with self._wake:  # a bug: the jobs taken but not prefilled go back, for _fail_everything to end
+                self._inbox.extendleft(reversed([row.job for row, _ in group]))
+            raise
 
     def _prefill(self, group: list[tuple[_Row, Hit | None]]) -> None:
         """Prefill these rows' prompts (one forward for all), choose each one's first token, and merge the rows
@@ -219,12 +225,14 @@ class Scheduler:
         try:
             pieces = KVBatch.prefill_many(self._model, [row.job.prompt_ids for row, _ in group], self._lora.route,
                                           [row.adapter for row, _ in group], [hit for _, hit in group])
-        except Exception as e:  # out of memory on this prompt, or a model error
+        except Exception as e:  # out of memory on these prompts, or a model error
             if len(group) == 1:
                 _fail(group[0][0].job, e)
-            else:
-                for one in group:
-                    self._prefill([one])
+                return
+            pieces = None  # retried below, once this block has let go of the failed forward's tensors
+        if pieces is None:
+            for one in group:
+                self._prefill([one])
             return
         self.prefills += 1
         for (row, _), (piece, logits) in zip(group, pieces, strict=True):

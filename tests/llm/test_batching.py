@@ -72,13 +72,17 @@ class Gate:
     def wait_held(self) -> None:
         assert self._held.wait(WAIT_S), "the decode thread never reached the gate"
 
-    def release_when_waiting(self, count: int) -> None:
-        """Once the thread is held and `count` requests wait to join, let it go on."""
-        self.wait_held()
+    def wait_waiting(self, count: int) -> None:
+        """Until `count` requests wait to join."""
         deadline = time.monotonic() + WAIT_S
         while self._llm.scheduler.waiting < count:
             assert time.monotonic() < deadline, f"{self._llm.scheduler.waiting} waiting, expected {count}"
             time.sleep(0.005)
+
+    def release_when_waiting(self, count: int) -> None:
+        """Once the thread is held and `count` requests wait to join, let it go on."""
+        self.wait_held()
+        self.wait_waiting(count)
         self._held.clear()
         self._open.set()
 
@@ -127,14 +131,16 @@ class Callers:
 
 def batched(llm: TransformersLLM, first: Sequence[LLMRequest],
             late: Sequence[LLMRequest] = ()) -> list[LLMReply | Exception]:
-    """`first` decode as one batch: the first is held in its prefill until the others wait behind it (they are
-    then prefilled together); `late` join at the batch's third step."""
+    """`first` decode as one batch: the first is held in its prefill until the others wait behind it, queued in
+    order (they are then prefilled together when short); `late` join at the batch's third step."""
     gate = Gate(llm, [0, 4] if late else [0])  # 0: the first prefill; 1: the others'; 2, 3, 4: steps
     callers = Callers(llm)
     try:
         callers.start(first[:1])
         gate.wait_held()
-        callers.start(first[1:])
+        for queued, request in enumerate(first[1:], start=1):  # queued in this order
+            callers.start([request])
+            gate.wait_waiting(queued)
         gate.release_when_waiting(len(first) - 1)
         if late:
             gate.wait_held()  # now the batch is decoding
@@ -423,6 +429,11 @@ def test_waiting_prompts_share_one_prefill_and_long_ones_go_alone(tiny_model: Ti
     prefills = llm.scheduler.prefills
     assert texts(batched(llm, short)) == texts(alone)
     assert llm.scheduler.prefills - prefills == 3  # the first; the sea alone; then the last two together
+    # in the middle, it waits its turn: the short one before it is prefilled first, then it, then the last one
+    prefills = llm.scheduler.prefills
+    order = [0, 2, 1, 3]
+    assert texts(batched(llm, [short[i] for i in order])) == texts([alone[i] for i in order])
+    assert llm.scheduler.prefills - prefills == 4
     if prefix_cache_mb:
         stats = llm.prefix_cache.stats  # type: ignore[union-attr]
         assert stats.hits >= 3 * len(short) - 1  # every prompt but the very first reused the system turn
