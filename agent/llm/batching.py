@@ -5,10 +5,10 @@ against a [B, heads, L, dim] cache. Per row: an attention-mask row (0 over its p
 id (the count of its real tokens, so RoPE sees the same positions as when the row runs alone).
 
 A newcomer is prefilled (its own [1, P] forward with its own adapter, or `prefill_many`: several prompts in one
-forward, each row then copied out as if prefilled alone) and then merged: the shorter of
-the two caches is padded on the left to the longer, and the two are concatenated along the batch axis. A row
-that leaves is dropped with an index select; padding columns that no remaining row uses are trimmed, so one
-long request that finished does not make every later step attend over its length.
+forward, each row then copied out as if prefilled alone) and then merged, with the others prefilled at the
+same time: every cache is written, left-padded with zeros to the longest, into one new tensor along the batch
+axis. A row that leaves is dropped with an index select; padding columns that no remaining row uses are
+trimmed, so one long request that finished does not make every later step attend over its length.
 
 Each layer's keys and values grow in place (`GrowingLayer`): a step writes its one new position into spare
 room at the end of the layer's buffer, and the attention reads a view of the filled part, where transformers'
@@ -158,16 +158,18 @@ class KVBatch:
     def mergeable(self) -> bool:
         return all(type(layer) is _growing_class() for layer in self.cache.layers)
 
-    def merge(self, other: KVBatch) -> None:
-        """Append `other`'s rows after this batch's rows."""
+    def merge(self, *others: KVBatch) -> None:
+        """Append the rows of `others`, in order, after this batch's rows: one copy of the cache for all of them
+        (merging 8 rows one at a time copies the growing batch 7 times)."""
         import torch
 
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, length, 2), _pad_left(theirs.keys, length, 2)])
-            mine.values = torch.cat([_pad_left(mine.values, length, 2), _pad_left(theirs.values, length, 2)])
-        self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(other.mask, length, 1)])
-        self.positions = torch.cat([self.positions, other.positions])
+        batches = (self, *others)
+        length = max(batch.mask.shape[1] for batch in batches)
+        for layers in zip(*(batch.cache.layers for batch in batches), strict=True):
+            layers[0].keys = _stack_left([layer.keys for layer in layers], length)
+            layers[0].values = _stack_left([layer.values for layer in layers], length)
+        self.mask = torch.cat([_pad_left(batch.mask, length, 1) for batch in batches])
+        self.positions = torch.cat([batch.positions for batch in batches])
 
     def step(self, tokens: Sequence[int], route: Route, adapters: Sequence[str],
              lean: LeanDecode | None = None, meanwhile: Callable[[], None] | None = None) -> Any:
@@ -304,6 +306,20 @@ def _unpadded(tensor: torch.Tensor, row: int, start: int, cached: int, length: i
     out = tensor.new_empty((1, tensor.shape[1], start + length, tensor.shape[3]))
     out[:, :, :start] = tensor[row:row + 1, :, :start]
     out[:, :, start:] = tensor[row:row + 1, :, cached:cached + length]
+    return out
+
+
+def _stack_left(parts: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """[B_i, heads, L_i, dim] caches as one [sum B_i, heads, length, dim] tensor, each left-padded with zeros,
+    written once into a new tensor (padding each and concatenating copies everything twice)."""
+    first = parts[0]
+    out = first.new_empty((sum(int(part.shape[0]) for part in parts), first.shape[1], length, first.shape[3]))
+    row = 0
+    for part in parts:
+        rows, filled = int(part.shape[0]), int(part.shape[2])
+        out[row:row + rows, :, :length - filled] = 0
+        out[row:row + rows, :, length - filled:] = part
+        row += rows
     return out
 
 

@@ -122,6 +122,7 @@ class Scheduler:
         self._running = False
         self._batch: KVBatch | SlotBatch | None = None
         self._rows: list[_Row] = []
+        self._joining: list[tuple[_Row, KVBatch]] = []  # prefilled in this admission round, merged at its end
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.prefills = 0  # prefill forwards so far (several prompts may share one)
@@ -154,7 +155,7 @@ class Scheduler:
     def cancel_all(self) -> None:
         """Cancel every job, running or waiting: the decode thread drops them and exits (at interpreter exit)."""
         with self._wake:
-            jobs = [row.job for row in self._rows] + list(self._inbox)
+            jobs = [row.job for row in self._rows + [row for row, _ in self._joining]] + list(self._inbox)
         for job in jobs:
             job.cancel()
 
@@ -187,7 +188,7 @@ class Scheduler:
         group: list[tuple[_Row, Hit | None]] = []
         cached = new = 0  # the layout of `group`'s shared forward: the longest cached part, the longest new part
         try:
-            while len(self._rows) + len(group) < self._capacity():
+            while len(self._rows) + len(self._joining) + len(group) < self._capacity():
                 with self._wake:
                     if not self._inbox:
                         break
@@ -214,6 +215,7 @@ class Scheduler:
                 cached, new = max(cached, start), max(new, size - start)
             if group:
                 self._prefill(group)
+            self._merge_joining()
         except BaseException:
             with self._wake:  # a bug: the jobs taken but not prefilled go back, for _fail_everything to end
                 self._inbox.extendleft(reversed([row.job for row, _ in group]))
@@ -238,23 +240,39 @@ class Scheduler:
         for (row, _), (piece, logits) in zip(group, pieces, strict=True):
             try:
                 self._join(row, piece, logits)
-            except Exception as e:  # its grammar rejects every token, or the merge ran out of memory
+            except Exception as e:  # its grammar rejects every token
                 _fail(row.job, e)
 
     def _join(self, row: _Row, piece: KVBatch, logits: Any) -> None:
-        """A prefilled row: its prompt's KV kept for reuse, its first token chosen, and it joins the batch."""
+        """A prefilled row: its prompt's KV kept for reuse, its first token chosen, and it waits to join the batch
+        with the others prefilled in this round (`_merge_joining`)."""
         job, prefix = row.job, self.prefix
         if self._mergeable is None:
             self._mergeable = piece.mergeable
         if prefix is not None and self._mergeable:
             prefix.store(row.adapter, job.prompt_ids, piece.layers)
-        if not self._emit(row, job.sampler.choose(logits)):
-            return  # done after one token: it never joins the batch
-        if self._batch is None:
-            self._batch = SlotBatch.start(self.slots, piece, self.max_batch)
-        else:
-            self._batch.merge(piece)
-        self._rows.append(row)
+        if self._emit(row, job.sampler.choose(logits)):  # else done after one token: it never joins the batch
+            self._joining.append((row, piece))
+
+    def _merge_joining(self) -> None:
+        """The rows prefilled in this round join the batch, in one merge (one copy of the batch's cache)."""
+        joining, self._joining = self._joining, []
+        if not joining:
+            return
+        pieces = [piece for _, piece in joining]
+        started = self._batch is None
+        try:
+            if self._batch is None:
+                self._batch = SlotBatch.start(self.slots, pieces.pop(0), self.max_batch)
+            if pieces:
+                self._batch.merge(*pieces)
+        except Exception as e:  # out of memory: these rows fail, the running ones go on
+            if started:
+                self._drop_batch()
+            for row, _ in joining:
+                _fail(row.job, e)
+            return
+        self._rows += [row for row, _ in joining]
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
 
     def _step(self) -> None:
@@ -329,7 +347,8 @@ class Scheduler:
     def _fail_everything(self, error: BaseException) -> None:
         message = f"the decode thread stopped: {type(error).__name__}: {error}"[:600]
         with self._wake:
-            jobs = [row.job for row in self._rows] + list(self._inbox)
+            jobs = [row.job for row in self._rows + [row for row, _ in self._joining]] + list(self._inbox)
+            self._joining = []
             self._inbox.clear()
             self._drop_batch()
             self._running = False

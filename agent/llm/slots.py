@@ -250,8 +250,12 @@ class SlotBatch:
     def mergeable(self) -> bool:
         return True
 
-    def merge(self, other: KVBatch) -> None:
-        """Copy `other`'s rows into the next free slots (or demote, when they do not fit)."""
+    def merge(self, *others: KVBatch) -> None:
+        """Copy the rows of `others` into the next free slots, in order (or demote, when they do not fit)."""
+        for other in others:
+            self._merge(other)
+
+    def _merge(self, other: KVBatch) -> None:
         if self.demoted is None:
             lengths = [int(n) for n in other.positions.tolist()]  # a KVBatch row's position is its length
             if len(self.lengths) + len(lengths) > self._slots.rows or max(lengths) >= self._slots.tokens:

@@ -465,6 +465,49 @@ def test_a_shared_prefill_that_fails_is_retried_alone(tiny_model: TinyFactory, t
     assert f"on a {len(poison)}-token prompt" in str(replies[2])
 
 
+def test_merging_several_batches_at_once_equals_one_at_a_time(tiny_model: TinyFactory) -> None:
+    import torch
+
+    from agent.llm.batching import KVBatch
+
+    model = tiny_model(6)
+    prompts = [list(range(100, 111)), [1, 5, 9], list(range(300, 320)), [7, 8, 9, 10]]
+
+    def route(names: Sequence[str]) -> Any:
+        return nullcontext()
+
+    def pieces() -> list[KVBatch]:
+        return [KVBatch.prefill(model, prompt, route, "__base__")[0] for prompt in prompts]
+
+    one, together = pieces(), pieces()
+    for piece in one[1:]:
+        one[0].merge(piece)
+    together[0].merge(*together[1:])
+    assert torch.equal(one[0].mask, together[0].mask) and torch.equal(one[0].positions, together[0].positions)
+    for (k1, v1), (k2, v2) in zip(one[0].layers, together[0].layers, strict=True):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    tokens = [3, 4, 5, 6]
+    assert torch.equal(one[0].step(tokens, route, ["__base__"] * 4), together[0].step(tokens, route, ["__base__"] * 4))
+
+
+def test_rows_whose_merge_fails_fail_and_the_running_row_goes_on(tiny_model: TinyFactory, tokenizer: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.llm.batching import KVBatch
+
+    llm = TransformersLLM(tiny_model(3), tokenizer, constrained=False, prefix_cache_mb=0)
+    requests = [ask("Hi.", 9), ask("Tell me a story.", 7), ask("2+2?", 8)]
+    alone = llm.complete(requests[0])
+
+    def failing(self: KVBatch, *others: KVBatch) -> None:
+        raise RuntimeError("simulated: not enough memory")
+
+    monkeypatch.setattr(KVBatch, "merge", failing)
+    replies = batched(llm, requests)  # the first starts the batch; the other two join it in one merge
+    assert texts(replies[:1]) == texts([alone])
+    for reply in replies[1:]:
+        assert isinstance(reply, LLMError) and "not enough memory" in str(reply)
+
+
 def test_max_batch_caps_the_batch_and_queues_the_rest(tiny_model: TinyFactory, tokenizer: Any) -> None:
     llm = TransformersLLM(tiny_model(2), tokenizer, constrained=False)
     llm.max_batch = 2
