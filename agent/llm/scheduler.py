@@ -222,8 +222,9 @@ class Scheduler:
             raise
 
     def _prefill(self, group: list[tuple[_Row, Hit | None]]) -> None:
-        """Prefill these rows' prompts (one forward for all), choose each one's first token, and merge the rows
-        that go on into the batch. When a shared forward fails, each row is tried alone, so a failure is its own."""
+        """Prefill these rows' prompts (one forward for all) and choose each one's first token; the rows that go
+        on wait to join the batch (`_merge_joining`). When a shared forward fails, each row is tried alone, so a
+        failure is its own."""
         try:
             pieces = KVBatch.prefill_many(self._model, [row.job.prompt_ids for row, _ in group], self._lora.route,
                                           [row.adapter for row, _ in group], [hit for _, hit in group])
