@@ -74,9 +74,16 @@ class KVBatch:
         ids = torch.tensor([list(prompt_ids[start:])], dtype=torch.long, device=device)
         with torch.inference_mode(), route([adapter]):
             out = model(input_ids=ids, use_cache=True, **forward_arguments(model, cache))
-        mask = torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device)
-        positions = torch.tensor([len(prompt_ids)], dtype=torch.long, device=device)
-        return cls(model, cache, mask, positions), _host(out.logits[:, -1])[0]
+        return cls._prefilled(model, cache, len(prompt_ids)), _host(out.logits[:, -1])[0]
+
+    @classmethod
+    def _prefilled(cls, model: Any, cache: Any, tokens: int) -> KVBatch:
+        """A one-row batch whose cache holds a prompt's `tokens` positions, no padding."""
+        import torch
+
+        device = model.device
+        return cls(model, cache, torch.ones((1, tokens), dtype=torch.long, device=device),
+                   torch.tensor([tokens], dtype=torch.long, device=device))
 
     @classmethod
     def prefill_many(cls, model: Any, prompts: Sequence[Sequence[int]], route: Route, adapters: Sequence[str],
@@ -108,10 +115,11 @@ class KVBatch:
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(width, device=device)[None, :]
         cache = growing(DynamicCache(config=model.config))
         if cached:  # each layer's buffers: every row's cached part, zeros up to `cached`, room for the new tokens
+            shown = next(hit for hit in hits if hit is not None)
             for index, layer in enumerate(cache.layers):
                 buffers = []
                 for which in range(2):
-                    like = next(hit for hit in hits if hit is not None).layers[index][which]
+                    like = shown.layers[index][which]
                     buffer = like.new_empty((len(hits), like.shape[1], cached + width, like.shape[3]))
                     for row, (hit, start) in enumerate(zip(hits, starts, strict=True)):
                         if hit is not None:
@@ -137,13 +145,8 @@ class KVBatch:
         logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
         chosen = torch.tensor([last.index(length - 1) for length in lengths], device=device)
         rows = _host(logits[torch.arange(len(prompts), device=device), chosen])  # one copy to the host
-        pieces = []
-        for row, (own, start, length) in enumerate(zip(caches, starts, lengths, strict=True)):
-            total = start + length
-            piece = cls(model, own, torch.ones((1, total), dtype=torch.long, device=device),
-                        torch.tensor([total], dtype=torch.long, device=device))
-            pieces.append((piece, rows[row]))
-        return pieces
+        return [(cls._prefilled(model, own, start + length), rows[row])
+                for row, (own, start, length) in enumerate(zip(caches, starts, lengths, strict=True))]
 
     @property
     def size(self) -> int:
