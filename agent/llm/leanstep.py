@@ -14,7 +14,8 @@ with less around it:
   (113 MB more for the bundled model);
 - attention is one `scaled_dot_product_attention` over the growing KV
   cache (batching.GrowingLayer), with the query heads of a key/value head grouped along the query axis (GQA
-  without repeating keys); no mask for one row, a padding mask for several.
+  without repeating keys); no mask for one row, a padding mask for several. A CPU step of several rows over a
+  short context computes it as two batched products and a softmax instead (MATMUL_ATTENTION_LENGTH).
 
 It reads the cache, mask and positions of a `KVBatch` and updates them exactly as transformers' forward does,
 so prefill (transformers), merges, row drops and the prefix cache are unchanged, and a step can go either way.
@@ -58,6 +59,11 @@ COLUMN_HEAD_ROWS = 2
 # weights from memory: 22.0 against 27.0 ms at 2 rows, 23.3 against 34.9 at 4, 38.8 against 55.3 at 8; even
 # at 1 row, where 4-bit reads a quarter of the bytes and wins once several threads share the work).
 HALF_ROWS = 2
+# Up to this many positions of context, a CPU step of several rows computes attention as two batched products
+# and a softmax instead of `scaled_dot_product_attention`, whose CPU kernel has a fixed cost per row and head
+# (8 rows, the bundled model's 3 key/value heads of 3 queries, 2 threads: 119 against 57 us a layer at 40
+# positions, 243 against 181 at 160, even at 400; one row: SDPA is the faster, 31 against 42 us at 80).
+MATMUL_ATTENTION_LENGTH = 512
 
 
 @dataclass
@@ -187,6 +193,7 @@ class LeanDecode:
         Call after `batch.mask` has the new column and before `batch.positions` moves on, inside the router's
         `route` for these rows. None (nothing changed) when the step cannot serve these rows (`usable`).
         """
+        import torch
         from torch.nn import functional
 
         if not self.usable(router):
@@ -194,11 +201,23 @@ class LeanDecode:
         cache_layers = batch.cache.layers
         # one check of every packed weight's version per step; where one moved, each product checks its own
         fresh = ids.device.type == "cpu" and [w._version for w in self._weights] == self._versions
-        mask = batch.mask.bool()[:, None, None, :] if ids.shape[0] > 1 else None
+        rows, length = batch.mask.shape
+        if rows > 1 and ids.device.type == "cpu" and length <= MATMUL_ATTENTION_LENGTH:
+            # 0 over real tokens, -inf over padding: added to the scores of every layer
+            bias = torch.zeros(batch.mask.shape, dtype=self._embed.weight.dtype).masked_fill_(
+                batch.mask == 0, float("-inf"))[:, None, None, :]
 
-        def attend(index: int, key: torch.Tensor, value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-            keys, values = cache_layers[index].update(key, value)
-            return functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self._scaling)
+            def attend(index: int, key: torch.Tensor, value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+                keys, values = cache_layers[index].update(key, value)
+                scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(self._scaling).add_(bias)
+                return torch.matmul(scores.softmax(-1), values)
+        else:
+            mask = batch.mask.bool()[:, None, None, :] if rows > 1 else None
+
+            def attend(index: int, key: torch.Tensor, value: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+                keys, values = cache_layers[index].update(key, value)
+                return functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
+                                                               scale=self._scaling)
 
         logits = self._forward(ids, batch.positions, attend, router, fresh)
         self.steps += 1

@@ -73,7 +73,13 @@ def assert_close(mine: Any, theirs: Any, relative: float) -> None:
     assert float((mine - theirs).abs().max()) <= relative * scale
 
 
-def test_lean_step_computes_what_transformers_computes(tiny_model: TinyFactory) -> None:
+@pytest.mark.parametrize("attention", ["products", "sdpa"])
+def test_lean_step_computes_what_transformers_computes(tiny_model: TinyFactory, monkeypatch: pytest.MonkeyPatch,
+                                                       attention: str) -> None:
+    from agent.llm import leanstep
+
+    if attention == "sdpa":  # a context past the batched products' limit
+        monkeypatch.setattr(leanstep, "MATMUL_ATTENTION_LENGTH", 0)
     model = tiny_model(3)
     lean = LeanDecode.build(model, None)
     assert lean is not None and not lean.packed
