@@ -55,11 +55,12 @@ class KVBatch:
 
     @classmethod
     def prefill(cls, model: Any, prompt_ids: Sequence[int], route: Route, adapter: str,
-                hit: Hit | None = None) -> tuple[KVBatch, Any]:
+                hit: Hit | None = None, lean: LeanDecode | None = None) -> tuple[KVBatch, Any]:
         """A one-row batch holding the prompt's cache, and the logits of its next token (1-D, float32, CPU).
 
         With a prefix-cache `hit`, the cached keys and values stand for the prompt's first `hit.tokens`
-        tokens and the model runs on the rest only.
+        tokens and the model runs on the rest only. With `lean`, the forward is `LeanDecode.prefill` where it
+        applies (CPU models with packed layers), else transformers'.
         """
         import torch
         from transformers import DynamicCache
@@ -72,9 +73,14 @@ class KVBatch:
                 cache.update(keys, values, index)
             start = hit.tokens
         ids = torch.tensor([list(prompt_ids[start:])], dtype=torch.long, device=device)
-        with torch.inference_mode(), route([adapter]):
-            out = model(input_ids=ids, use_cache=True, **forward_arguments(model, cache))
-        return cls._prefilled(model, cache, len(prompt_ids)), _host(out.logits[:, -1])[0]
+        with torch.inference_mode(), route([adapter]) as router:
+            width = int(ids.shape[1])
+            logits = None if lean is None else lean.prefill(
+                cache, start, ids, torch.arange(start, start + width, device=device)[None], None,
+                torch.tensor([width - 1], device=device), router)
+            if logits is None:
+                logits = model(input_ids=ids, use_cache=True, **forward_arguments(model, cache)).logits[:, -1]
+        return cls._prefilled(model, cache, len(prompt_ids)), _host(logits)[0]
 
     @classmethod
     def _prefilled(cls, model: Any, cache: Any, tokens: int) -> KVBatch:
@@ -87,7 +93,7 @@ class KVBatch:
 
     @classmethod
     def prefill_many(cls, model: Any, prompts: Sequence[Sequence[int]], route: Route, adapters: Sequence[str],
-                     hits: Sequence[Hit | None]) -> list[tuple[KVBatch, Any]]:
+                     hits: Sequence[Hit | None], lean: LeanDecode | None = None) -> list[tuple[KVBatch, Any]]:
         """`prefill` of several prompts in one forward: for each, the one-row batch and logits `prefill` gives
         (up to rounding: the products' shapes differ), in order.
 
@@ -101,7 +107,7 @@ class KVBatch:
         from transformers import DynamicCache
 
         if len(prompts) == 1:
-            return [cls.prefill(model, prompts[0], route, adapters[0], hits[0])]
+            return [cls.prefill(model, prompts[0], route, adapters[0], hits[0], lean)]
         device = model.device
         starts = [0 if hit is None else hit.tokens for hit in hits]
         lengths = [len(prompt) - start for prompt, start in zip(prompts, starts, strict=True)]
@@ -127,13 +133,12 @@ class KVBatch:
                         buffer[row, :, start:cached] = 0  # masked, but read: it must not be NaN
                     buffers.append(buffer)
                 layer.take(buffers[0], buffers[1], cached)
-        arguments = forward_arguments(model, cache)
-        last = sorted({length - 1 for length in lengths})  # the positions whose logits are needed
-        if "logits_to_keep" in arguments:
-            arguments["logits_to_keep"] = torch.tensor(last, device=device)
         with torch.inference_mode():
-            with route(list(adapters)):
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **arguments)
+            with route(list(adapters)) as router:
+                ends = torch.tensor([row * width + length - 1 for row, length in enumerate(lengths)], device=device)
+                logits = None if lean is None else lean.prefill(cache, cached, ids, positions, mask, ends, router)
+                if logits is None:
+                    logits = _last_logits(model, cache, ids, mask, positions, lengths)
             caches = []
             for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
                 own = growing(DynamicCache(config=model.config))
@@ -142,9 +147,7 @@ class KVBatch:
                     mine.lazy_initialization(keys, values)
                     mine.keys, mine.values = keys, values  # adopted: copied, never written, at the next update
                 caches.append(own)
-        logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
-        chosen = torch.tensor([last.index(length - 1) for length in lengths], device=device)
-        rows = _host(logits[torch.arange(len(prompts), device=device), chosen])  # one copy to the host
+        rows = _host(logits)  # one copy to the host
         return [(cls._prefilled(model, own, start + length), rows[row])
                 for row, (own, start, length) in enumerate(zip(caches, starts, lengths, strict=True))]
 
@@ -212,6 +215,22 @@ class KVBatch:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
         self.mask = self.mask[:, start:]
+
+
+def _last_logits(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 lengths: Sequence[int]) -> torch.Tensor:
+    """transformers' forward over `prefill_many`'s rows: the logits at each row's last new token, [R, vocab]."""
+    import torch
+
+    device = ids.device
+    arguments = forward_arguments(model, cache)
+    last = sorted({length - 1 for length in lengths})  # the positions whose logits are needed
+    if "logits_to_keep" in arguments:
+        arguments["logits_to_keep"] = torch.tensor(last, device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **arguments)
+    logits = out.logits if "logits_to_keep" in arguments else out.logits[:, last]
+    chosen = torch.tensor([last.index(length - 1) for length in lengths], device=device)
+    return logits[torch.arange(len(lengths), device=device), chosen]  # type: ignore[no-any-return]
 
 
 def growing(cache: Any) -> Any:

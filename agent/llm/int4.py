@@ -8,14 +8,15 @@ and scales; it runs the model's layer matrices at about twice the float32 speed 
 
 What changes and what does not:
 - The weights stay as they are (the float32 Linear keeps its tensor; the packed copy is 1/8 of its size), so
-  training, adapters (PEFT wraps the same Linear; the router adds LoRA outputs after it) and prefill run exactly
-  as before. Only decode steps inside `Int4Decode.active()` read the packed copy.
+  training and adapters (PEFT wraps the same Linear; the router adds LoRA outputs after it) run exactly as
+  before. Only decode steps inside `Int4Decode.active()`, and the lean step's (leanstep.py), read the packed copy.
 - Those steps round each layer's input, and the group scales and offsets, to bfloat16 (8 significant bits):
   the layers' outputs move by about 1e-3 relative, which can flip a near-tie between two tokens after a few
   dozen tokens. llama.cpp, which the bundled file comes from, rounds activations to 8-bit integers instead.
 - The output layer (tied to the Q8_0 token embedding) is not packed to 4 bits: a 4-bit head would lose weight
   precision. The lean step (leanstep.py) reads a float16 copy of it, with the same FBGEMM product.
-- Steps of two rows or more read a float16 copy of the same layers instead, through FBGEMM's float16 product
+- Steps of two rows or more, and the lean step's prefills (a prompt's tokens are its rows), read a float16
+  copy of the same layers instead, through FBGEMM's float16 product
   (`half_product`; float32 input and sums, where torch has FBGEMM: x86 builds): this kernel dequantizes per
   row, so its cost grows with the rows, while FBGEMM's reads its weights once per step. Float16 keeps 11
   significant bits of each weight, closer to the float32 weights than bfloat16 scales are. So a row's logits

@@ -227,7 +227,7 @@ class Scheduler:
         failure is its own."""
         try:
             pieces = KVBatch.prefill_many(self._model, [row.job.prompt_ids for row, _ in group], self._lora.route,
-                                          [row.adapter for row, _ in group], [hit for _, hit in group])
+                                          [row.adapter for row, _ in group], [hit for _, hit in group], self._lean)
         except Exception as e:  # out of memory on these prompts, or a model error
             if len(group) == 1:
                 _fail(group[0][0].job, e)

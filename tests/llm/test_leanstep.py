@@ -16,7 +16,7 @@ from agent.doctor import report
 from agent.llm.batching import KVBatch, Route
 from agent.llm.engine import TransformersLLM
 from agent.llm.int4 import Int4Decode, half_available
-from agent.llm.leanstep import LeanDecode, describe, supports
+from agent.llm.leanstep import HALF_ROWS, LeanDecode, describe, products_of, supports
 from agent.llm.lorarouter import BASE
 from tests.llm.conftest import TinyFactory
 from tests.llm.test_batching import ask, batched, texts
@@ -166,20 +166,17 @@ def test_fused_four_bit_products_match_the_packed_layers(tiny_model: TinyFactory
 def test_batched_packed_steps_read_float16_copies(tiny_model: TinyFactory) -> None:
     import torch
 
-    from agent.llm.leanstep import HALF_ROWS
-
     model = four_bit(tiny_model(0))
     lean = LeanDecode.build(model, Int4Decode.prepare(model, "auto"))
     assert lean is not None and lean.packed and HALF_ROWS <= 2
     if not half_available():
         pytest.skip("this torch has no FBGEMM (not an x86 build)")
-    products = [product for layer in lean._layers for product in layer.products]
-    assert all(product.half is None for product in products)  # packed on the first batched step, not at load
+    products = products_of(lean)
+    assert all(product.half is not None for product in products)  # made at build, not during the first prompt
     # float16 weights, float32 sums: within 1e-3 of the float32 weights (the 4-bit path is 3e-3 away)
     for mine, theirs in twin_steps(model, lean):
         assert mine.shape[0] >= HALF_ROWS
         assert_close(mine, theirs, 1e-3)
-    assert all(product.half is not None for product in products)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(-2.0)  # changed in place: the float16 head is made again
     for mine, theirs in twin_steps(model, lean, steps=2):
@@ -193,7 +190,7 @@ def test_batched_packed_steps_read_float16_copies(tiny_model: TinyFactory) -> No
         assert other is not None and int4 is not None
         for mine, theirs in twin_steps(model, other, steps=2, decoding=int4.active):
             assert_close(mine, theirs, 1e-3)
-        assert all(product.half is None for layer in other._layers for product in layer.products)
+        assert all(product.half is None for product in products_of(other))
     finally:
         torch.backends.quantized.engine = engine
 
@@ -222,6 +219,119 @@ def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory
     assert other.current() and not torch.equal(other(x, None, fresh=False), floats)
     for mine, theirs in twin_steps(model, lean, decoding=int4.active):  # the step notices it too
         assert_close(mine, theirs, 2e-2)  # bfloat16 on one side (q, v), float32 on the other
+
+
+def half_exact(model: Any) -> Any:
+    """A 4-bit `model` (as `four_bit`) whose weights, head included, float16 holds exactly: its float16 copies
+    are the float32 weights, so the packed prefill can be held to transformers' forward within rounding."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(5)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear and module is not head:
+                n, k = module.weight.shape
+                q = torch.randint(0, 16, (n, k // 32, 32), generator=generator).float()
+                q[..., 0], q[..., -1] = 0, 15
+                d = torch.randint(5, 26, (n, k // 32, 1), generator=generator).float()  # in 1/1024ths
+                m = torch.randint(-200, -30, (n, k // 32, 1), generator=generator).float()
+                module.weight.copy_((q * d + m).reshape(n, k) / 1024)  # |q * d + m| < 2048: 11 bits
+        head.weight.copy_(head.weight.half().float())  # tied: the token embedding too
+    return model
+
+
+def packed_lean(model: Any) -> LeanDecode:
+    lean = LeanDecode.build(model, Int4Decode.prepare(model, "auto"))
+    assert lean is not None and lean.packed
+    if not half_available():
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    return lean
+
+
+def test_packed_prefill_runs_lean_and_computes_what_transformers_computes(tiny_model: TinyFactory) -> None:
+    import torch
+
+    from agent.llm.prefixcache import Hit
+
+    model = half_exact(tiny_model(0))
+    lean = packed_lean(model)
+    for prompt in [*PROMPTS, [5]]:
+        alone, want = KVBatch.prefill(model, prompt, no_adapters, BASE)
+        for tokens in sorted({0, len(prompt) // 2, len(prompt) - 1}):  # past cached prefixes of these lengths
+            hit = Hit(tokens, tuple((k[:, :, :tokens], v[:, :, :tokens]) for k, v in alone.layers)) if tokens else None
+            before = lean.prefills
+            mine, logits = KVBatch.prefill(model, prompt, no_adapters, BASE, hit, lean)
+            assert lean.prefills == before + 1  # the lean prefill ran, not transformers' forward
+            # one new token reads the 4-bit weights with bfloat16 input, as a one-row step does
+            close = 1e-5 if len(prompt) - tokens >= HALF_ROWS else 1e-2
+            assert_close(logits, want, close)
+            assert mine.mask.shape == (1, len(prompt)) and int(mine.positions[0]) == len(prompt)
+            for (keys, values), (k, v) in zip(mine.layers, alone.layers, strict=True):
+                assert keys.shape == k.shape and torch.allclose(keys, k, atol=close)
+                assert torch.allclose(values, v, atol=close)
+            again, _ = KVBatch.prefill(model, prompt, no_adapters, BASE)  # (a step grows the cache in place)
+            assert_close(mine.step([9], no_adapters, [BASE]), again.step([9], no_adapters, [BASE]), close)
+    rounded = four_bit(tiny_model(0))  # weights that float16 rounds (11 significant bits): 1e-3 apart here
+    mine, logits = KVBatch.prefill(rounded, PROMPTS[0], no_adapters, BASE, lean=packed_lean(rounded))
+    assert_close(logits, KVBatch.prefill(rounded, PROMPTS[0], no_adapters, BASE)[1], 5e-3)
+
+
+def test_prompts_prefilled_together_by_the_lean_prefill_get_what_they_get_alone(tiny_model: TinyFactory) -> None:
+    import torch
+
+    from agent.llm.prefixcache import Hit
+
+    model = half_exact(tiny_model(0))
+    lean = packed_lean(model)
+    prompts = [list(range(100, 131)), [1, 5, 9], list(range(300, 320)), list(range(100, 112)) + [7, 8]]
+    alone = [KVBatch.prefill(model, prompt, no_adapters, BASE) for prompt in prompts]
+
+    def hit(row: int, tokens: int) -> Hit:
+        return Hit(tokens, tuple((k[:, :, :tokens], v[:, :, :tokens]) for k, v in alone[row][0].layers))
+
+    for hits in ([None] * 4, [hit(0, 25), None, hit(2, 6), hit(0, 12)]):
+        together = KVBatch.prefill_many(model, prompts, no_adapters, [BASE] * 4, hits, lean)
+        for (piece, logits), (single, want) in zip(together, alone, strict=True):
+            assert_close(logits, want, 1e-5)
+            assert piece.mask.shape == single.mask.shape and piece.mask.all()
+            for (keys, values), (k, v) in zip(piece.layers, single.layers, strict=True):
+                assert keys.shape == k.shape and torch.allclose(keys, k, atol=1e-5)
+                assert torch.allclose(values, v, atol=1e-5)
+    assert lean.prefills == 2
+
+
+def test_the_lean_prefill_serves_packed_cpu_models_only(tiny_model: TinyFactory) -> None:
+    import torch
+
+    model = tiny_model(0)
+    lean = LeanDecode.build(model, None)  # float weights: transformers' prefill, whose products are the same
+    assert lean is not None and not lean.packed
+    mine, logits = KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE, lean=lean)
+    assert lean.prefills == 0
+    assert torch.equal(logits, KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE)[1])
+
+
+def test_lean_prefill_adds_each_rows_adapter(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
+    paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
+             "two": make_lora(tiny_model, tmp_path / "two", seed=2)}
+    llm = TransformersLLM(half_exact(tiny_model(0)), tokenizer, adapters=paths, constrained=False)
+    lean, lora = llm.lean, llm._lora
+    assert lean is not None and lean.packed
+    if not half_available():
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    names = [BASE, lora.resolve("one"), lora.resolve("two")]
+    alone = [KVBatch.prefill(llm.model, prompt, lora.route, name)[1]
+             for prompt, name in zip(PROMPTS, names, strict=True)]
+    for name, prompt, want in zip(names, PROMPTS, alone, strict=True):  # one row, its adapter
+        assert_close(KVBatch.prefill(llm.model, prompt, lora.route, name, lean=lean)[1], want, 1e-5)
+    together = KVBatch.prefill_many(llm.model, PROMPTS, lora.route, names, [None] * 3, lean)  # rows mixed
+    for (_, logits), want in zip(together, alone, strict=True):
+        assert_close(logits, want, 1e-5)
+    assert lean.prefills == 4
+    base = KVBatch.prefill(llm.model, PROMPTS[1], lora.route, BASE)[1]
+    assert float((alone[1] - base).abs().max()) > 1e-3  # the adapter did change the row
 
 
 def test_mixed_adapter_rows_get_their_own_lora(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
