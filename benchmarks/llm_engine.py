@@ -24,7 +24,9 @@ copy under benchmarks/results/:
     max_new_tokens=1 on the second step's prompt, the engine with an empty prefix cache (cold), the engine
     on the second step right after the first (its prompt's prefix cached), a new session's first step
     after another session's (the system prompt and tool schemas cached), and 8 new sessions starting at once
-    after another session's (the mean of their times to first token);
+    after another session's (the mean of their times to first token); then a chat prompt (the first of the
+    throughput table's), cold; where the engine prefills through the lean step (CPU models with packed layers),
+    the cached cases and the chat prompt again with transformers' prefill;
   - adapter switch (a third table): one-token requests one after another on two adapters (0, 0, 1, 1, ...),
     those on the same adapter as the request before against those on the other one (the difference is the
     cost of a switch), the first request on an adapter
@@ -418,9 +420,11 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
     import torch
 
     from agent.llm.engine import TransformersLLM
+    from agent.llm.int4 import half_available
     from agent.llm.loading import on_threads
 
-    llm = TransformersLLM(base.model, base.tokenizer, name=base.name, threads=base.threads)  # default prefix cache
+    llm = TransformersLLM(base.model, base.tokenizer, name=base.name, threads=base.threads,  # default prefix cache
+                          int4="off" if base.int4 is None else "on")  # packed as `base` is
     prefix = llm.prefix_cache
     assert prefix is not None
     first = agent_request("What is the sales tax on 1250 dollars at 8.25%?", 1)
@@ -469,8 +473,18 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
             t.join()
         return statistics.mean(taken) * 1000
 
+    def transformers_prefill(case: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            llm.scheduler.lean_prefill = False
+            try:
+                return case()
+            finally:
+                llm.scheduler.lean_prefill = True
+        return run
+
     llm.complete(first)  # compiles the tool set's grammar once, as a running agent already has
-    steps, session = len(ids[0]), len(llm.prompt_ids(other))
+    chat = request(0, 1)
+    steps, session, chatted = len(ids[0]), len(llm.prompt_ids(other)), len(llm.prompt_ids(chat))
     mean_tokens = round(statistics.mean(len(llm.prompt_ids(r)) for r in sessions))
     cases: list[tuple[str, int, Callable[[], float]]] = [  # name, prompt tokens, one timing
         ("generate, max_new_tokens=1", steps, lambda: _ms(generate)),
@@ -478,20 +492,26 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
         ("engine, next step of the run (prefix cached)", steps, lambda: timed(second, before=first)),
         ("engine, new session (system + tools cached)", session, lambda: timed(other, before=first)),
         (f"engine, {len(sessions)} new sessions at once (mean)", mean_tokens, together),
+        ("engine, a chat prompt, cold", chatted, lambda: timed(chat)),
     ]
+    if llm.lean is not None and llm.lean.packed and half_available():  # the lean prefill applies
+        cases += [(f"{name}, transformers' prefill", tokens, transformers_prefill(case))
+                  for name, tokens, case in cases[2:] if "at once" not in name]
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(max(rounds, 3)):
         for (_, _, case), taken in zip(cases, times, strict=True):
             taken.append(case())
     cold = statistics.median(times[1])
     rows: list[dict[str, Any]] = []
-    print(f"\n| {'time to first token (median of the rounds)':48s} | prompt tokens | ms | range | of engine cold |")
-    print(f"| {'-' * 48} | ---: | ---: | ---: | ---: |")
+    width = max(len(name) for name, _, _ in cases)
+    title = "time to first token (median of the rounds)"
+    print(f"\n| {title:{width}s} | prompt tokens | ms | range | of engine cold |")
+    print(f"| {'-' * width} | ---: | ---: | ---: | ---: |")
     for (name, tokens, _), ms in zip(cases, times, strict=True):
         median = statistics.median(ms)
         rows.append({"name": name, "prompt_tokens": tokens, "ms": round(median, 1),
                      "ms_range": [round(min(ms), 1), round(max(ms), 1)], "of_cold": round(median / cold, 2)})
-        print(f"| {name:48s} | {tokens} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
+        print(f"| {name:{width}s} | {tokens} | {median:.1f} | {min(ms):.1f}-{max(ms):.1f} | {median / cold:.0%} |")
     return rows
 
 

@@ -127,6 +127,7 @@ class Scheduler:
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
         self.prefills = 0  # prefill forwards so far (several prompts may share one)
         self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most positions in a shared prefill (0: one per prompt)
+        self.lean_prefill = True  # prefill through the lean step where it applies (False: transformers' forward)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
         self.max_rows_seen = 0
 
@@ -227,7 +228,8 @@ class Scheduler:
         failure is its own."""
         try:
             pieces = KVBatch.prefill_many(self._model, [row.job.prompt_ids for row, _ in group], self._lora.route,
-                                          [row.adapter for row, _ in group], [hit for _, hit in group], self._lean)
+                                          [row.adapter for row, _ in group], [hit for _, hit in group],
+                                          self._lean if self.lean_prefill else None)
         except Exception as e:  # out of memory on these prompts, or a model error
             if len(group) == 1:
                 _fail(group[0][0].job, e)
