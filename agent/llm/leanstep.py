@@ -201,6 +201,10 @@ class LeanDecode:
             return router.serves_all  # else LoRA on embeddings or bias: PEFT's own forward
         return self._unwrapped()  # else LoRA layers the engine did not load (a training run's): PEFT adds them
 
+    def prefills_on(self, device_type: str, router: LoraRouter | None) -> bool:
+        """Whether `prefill` serves prompts on this device with these rows' adapters."""
+        return self.packed and device_type == "cpu" and half_available() and self.usable(router)
+
     def step(self, batch: KVBatch, ids: torch.Tensor, router: LoraRouter | None) -> torch.Tensor | None:
         """Feed row i the token ids[i] ([B] long): the last position's logits [B, vocab] in the model's dtype.
 
@@ -274,7 +278,7 @@ class LeanDecode:
         import torch
         from torch.nn import functional
 
-        if not (self.packed and ids.device.type == "cpu" and half_available() and self.usable(router)):
+        if not self.prefills_on(ids.device.type, router):
             return None
         cache_layers = cache.layers
         fresh = [w._version for w in self._weights] == self._versions

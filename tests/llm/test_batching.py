@@ -31,9 +31,9 @@ WAIT_S = 60.0
 class Gate:
     """Blocks the decode thread at the start of the forwards numbered in `stops` (0 = the first forward).
 
-    Forwards are the model's own (prefills, decode steps through transformers), the lean decode steps
-    (leanstep.py), which do not call the model, and the steps of the static slots (slots.py), which may replay
-    a graph instead of calling either.
+    Forwards are the model's own (prefills, decode steps through transformers), the lean decode steps and
+    prefills (leanstep.py), which do not call the model, and the steps of the static slots (slots.py), which
+    may replay a graph instead of calling either.
     """
 
     def __init__(self, llm: TransformersLLM, stops: Sequence[int]) -> None:
@@ -52,6 +52,14 @@ class Gate:
                 return step(*args)
 
             lean.step = gated  # type: ignore[method-assign]  # this engine's lean step only
+            prefill = lean.prefill
+
+            def gated_prefill(*args: Any) -> Any:  # (cache, cached, ids, positions, mask, keep, router)
+                if lean.prefills_on(args[2].device.type, args[6]):  # else the model's forward runs: hooked
+                    self._hook(None, args)
+                return prefill(*args)
+
+            lean.prefill = gated_prefill  # type: ignore[method-assign]
         slots = llm.scheduler.slots
         if slots is not None:
             run = slots.run
@@ -92,6 +100,7 @@ class Gate:
         self._handle.remove()
         if self._llm.lean is not None:
             vars(self._llm.lean).pop("step", None)
+            vars(self._llm.lean).pop("prefill", None)
         if self._llm.scheduler.slots is not None:
             vars(self._llm.scheduler.slots).pop("run", None)
 

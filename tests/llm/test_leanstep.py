@@ -302,6 +302,27 @@ def test_prompts_prefilled_together_by_the_lean_prefill_get_what_they_get_alone(
     assert lean.prefills == 2
 
 
+def test_a_packed_engine_prefills_through_the_lean_step(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    llm = TransformersLLM(half_exact(tiny_model(0)), tokenizer, constrained=False, prefix_cache_mb=0)
+    lean = llm.lean
+    assert lean is not None and lean.packed
+    if not half_available():
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    requests = [ask("Hi.", 6), ask("Tell me a long story about the sea, please.", 7), ask("2+2?", 8)]
+    before = lean.prefills
+    through_lean = [llm.complete(r) for r in requests]
+    assert lean.prefills - before == 3
+    llm.scheduler.lean_prefill = False  # (the benchmark's comparison)
+    through_transformers = [llm.complete(r) for r in requests]
+    assert lean.prefills - before == 3
+    assert texts(through_lean) == texts(through_transformers)
+    llm.scheduler.lean_prefill = True
+    prefills = llm.scheduler.prefills
+    assert all(not isinstance(reply, Exception) for reply in batched(llm, requests))
+    # the first alone (held at the gate, which counts lean prefills as forwards), then the other two together
+    assert llm.scheduler.prefills - prefills == 2 and lean.prefills - before == 5
+
+
 def test_the_lean_prefill_serves_packed_cpu_models_only(tiny_model: TinyFactory) -> None:
     import torch
 
