@@ -9,9 +9,9 @@ with less around it:
 - q, k and v are one product, and so are gate and up: with 4-bit weights (int4.py), one packed matrix each, and
   where torch has FBGEMM one float16 matrix each for steps of HALF_ROWS rows or more;
 - rotary embedding is computed once per step and applied to q and k together, as two multiplies and a flip;
-- on CPU the output layer reads a copy of its weight made on first use: with packed layers, a float16 one
-  (FBGEMM, every row count); else, at one or two rows, the weight transposed, which BLAS runs at twice the speed
-  (113 MB more for the bundled model);
+- on CPU the output layer reads a copy of its weight: with packed layers, a float16 one (FBGEMM, every row
+  count; made at build); else, at one or two rows, the weight transposed (on first use), which BLAS runs at
+  twice the speed (113 MB more for the bundled model);
 - attention is one `scaled_dot_product_attention` over the growing KV
   cache (batching.GrowingLayer), with the query heads of a key/value head grouped along the query axis (GQA
   without repeating keys); no mask for one row, a padding mask for several. A CPU step of several rows over a
@@ -19,9 +19,10 @@ with less around it:
 
 It reads the cache, mask and positions of a `KVBatch` and updates them exactly as transformers' forward does,
 so merges, row drops and the prefix cache are unchanged, and a step can go either way. For a CPU model with
-packed layers, prompts are prefilled by the same loop too (`prefill`: a prompt's tokens are its rows, attention
-is causal over the cached part and the new tokens), reading the float16 copies, which run a prompt of a few
-dozen tokens faster than float32 (elsewhere transformers' forward prefills).
+packed layers and FBGEMM (x86 builds of torch), prompts are prefilled by the same loop too (`prefill`: a
+prompt's tokens are its rows, attention is causal over the cached part and the new tokens), reading the float16
+copies, which run a prompt of a few dozen tokens faster than float32 (elsewhere transformers' forward
+prefills).
 
 Supported: `llama`, `mistral` and `qwen2` models (Llama's decoder layer, biases allowed) with SiLU MLPs,
 full attention in every layer, and a static rotary table (default, linear, llama3 or yarn scaling; not
@@ -65,7 +66,7 @@ HALF_ROWS = 2
 # Up to this many positions of context, a CPU step of several rows computes attention as two batched products
 # and a softmax instead of `scaled_dot_product_attention`, whose CPU kernel has a fixed cost per row and head
 # (8 rows, the bundled model's 3 key/value heads of 3 queries, 2 threads: 119 against 57 us a layer at 40
-# positions, 243 against 181 at 160, even at 400; one row: SDPA is the faster, 31 against 42 us at 80).
+# positions, 243 against 145-181 at 160, even at 400; one row: SDPA is the faster, 31 against 42 us at 80).
 MATMUL_ATTENTION_LENGTH = 512
 
 
@@ -191,7 +192,8 @@ class LeanDecode:
             # the float16 copies that prefills and batched steps read, made now rather than during the first
             # prompt's prefill (the bundled model: ~1.4 s, 270 MB)
             for product in products_of(lean):
-                product._half()
+                if product.packed is not None:  # (a layer left unpacked reads its float weight)
+                    product._half()
             lean._head_weight(pack_half, True)
         return lean
 
@@ -220,7 +222,8 @@ class LeanDecode:
         # one check of every packed weight's version per step; where one moved, each product checks its own
         fresh = ids.device.type == "cpu" and [w._version for w in self._weights] == self._versions
         rows, length = batch.mask.shape
-        if rows > 1 and ids.device.type == "cpu" and length <= MATMUL_ATTENTION_LENGTH:
+        if rows > 1 and ids.device.type == "cpu" and length <= MATMUL_ATTENTION_LENGTH and (
+                self._embed.weight.dtype == torch.float32):  # (a bfloat16 softmax would lose precision)
             # 0 over real tokens, -inf over padding: added to the scores of every layer
             bias = torch.zeros(batch.mask.shape, dtype=self._embed.weight.dtype).masked_fill_(
                 batch.mask == 0, float("-inf"))[:, None, None, :]

@@ -332,9 +332,26 @@ def test_the_lean_prefill_serves_packed_cpu_models_only(tiny_model: TinyFactory)
     mine, logits = KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE, lean=lean)
     assert lean.prefills == 0
     assert torch.equal(logits, KVBatch.prefill(model, PROMPTS[0], no_adapters, BASE)[1])
+    packed = four_bit(tiny_model(0))
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"  # no FBGEMM float16 copies: the 4-bit kernel per row would be slow
+    try:
+        other = LeanDecode.build(packed, Int4Decode.prepare(packed, "auto"))
+        assert other is not None and other.packed and not half_available()
+        _, logits = KVBatch.prefill(packed, PROMPTS[0], no_adapters, BASE, lean=other)
+        assert other.prefills == 0
+        assert torch.equal(logits, KVBatch.prefill(packed, PROMPTS[0], no_adapters, BASE)[1])
+    finally:
+        torch.backends.quantized.engine = engine
 
 
-def test_lean_prefill_adds_each_rows_adapter(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("products", ["dense", "gathered"])  # the router's two mixed-batch products
+def test_lean_prefill_adds_each_rows_adapter(tiny_model: TinyFactory, tokenizer: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, products: str) -> None:
+    from agent.llm import lorarouter
+
+    if products == "gathered":
+        monkeypatch.setattr(lorarouter, "DENSE_MAX_ADAPTERS", 0)
     paths = {"one": make_lora(tiny_model, tmp_path / "one", seed=1),
              "two": make_lora(tiny_model, tmp_path / "two", seed=2)}
     llm = TransformersLLM(half_exact(tiny_model(0)), tokenizer, adapters=paths, constrained=False)
