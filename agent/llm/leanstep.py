@@ -274,9 +274,10 @@ class LeanDecode:
         None for one row that sees all of them. Appends the new keys and values to `cache` and returns the
         logits [len(keep), vocab] of the tokens `keep` indexes in the flattened [R * W] tokens.
 
-        None (nothing changed) where this path does not apply: it serves CPU models with packed layers, whose
-        float16 copies run a prompt of a few dozen tokens about 1.3x faster than float32 (and as fast from a
-        few hundred on), with the router's adapters as in `step`. Call inside the router's `route`.
+        None (nothing changed) where this path does not apply (`prefills_on`): it serves CPU models with packed
+        layers and FBGEMM, whose float16 copies run a prompt of a few dozen tokens about 1.3x faster than
+        float32 (and as fast from a few hundred on), with the router's adapters as in `step`. Call inside the
+        router's `route`.
         """
         import torch
         from torch.nn import functional
