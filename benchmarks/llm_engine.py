@@ -420,7 +420,6 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
     import torch
 
     from agent.llm.engine import TransformersLLM
-    from agent.llm.int4 import half_available
     from agent.llm.loading import on_threads
 
     llm = TransformersLLM(base.model, base.tokenizer, name=base.name, threads=base.threads,  # default prefix cache
@@ -494,7 +493,7 @@ def time_to_first_token(base: Any, rounds: int) -> list[dict[str, Any]]:
         (f"engine, {len(sessions)} new sessions at once (mean)", mean_tokens, together),
         ("engine, a chat prompt, cold", chatted, lambda: timed(chat)),
     ]
-    if llm.lean is not None and llm.lean.packed and half_available():  # the lean prefill applies
+    if llm.lean is not None and llm.lean.prefills_on(llm.model.device.type, None):  # the lean prefill applies
         cases += [(f"{name}, transformers' prefill", tokens, transformers_prefill(case))
                   for name, tokens, case in cases[2:] if "at once" not in name]
     times: list[list[float]] = [[] for _ in cases]

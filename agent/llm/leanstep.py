@@ -219,8 +219,7 @@ class LeanDecode:
         if not self.usable(router):
             return None
         cache_layers = batch.cache.layers
-        # one check of every packed weight's version per step; where one moved, each product checks its own
-        fresh = ids.device.type == "cpu" and [w._version for w in self._weights] == self._versions
+        fresh = ids.device.type == "cpu" and self._packed_current()
         rows, length = batch.mask.shape
         if rows > 1 and ids.device.type == "cpu" and length <= MATMUL_ATTENTION_LENGTH and (
                 self._embed.weight.dtype == torch.float32):  # (a bfloat16 softmax would lose precision)
@@ -285,7 +284,7 @@ class LeanDecode:
         if not self.prefills_on(ids.device.type, router):
             return None
         cache_layers = cache.layers
-        fresh = [w._version for w in self._weights] == self._versions
+        fresh = self._packed_current()
         rows, width = ids.shape
         # query t of a row sees the cached part and the new tokens up to itself, where its mask allows
         allowed = (torch.arange(cached + width, device=ids.device)[None, :]
@@ -362,6 +361,11 @@ class LeanDecode:
     def cache_shape(self) -> tuple[int, int, int]:
         """(layers, key/value heads, head dim): the shape of a KV cache for this model."""
         return len(self._layers), self._kv_heads, self._dim
+
+    def _packed_current(self) -> bool:
+        """No packed weight changed in place since it was packed (one check of them all; else each product
+        checks its own)."""
+        return [w._version for w in self._weights] == self._versions
 
     def _unwrapped(self) -> bool:
         """Every product's Linear layers still sit where they were found, not wrapped (by PEFT) since."""

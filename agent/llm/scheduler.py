@@ -156,7 +156,7 @@ class Scheduler:
     def cancel_all(self) -> None:
         """Cancel every job, running or waiting: the decode thread drops them and exits (at interpreter exit)."""
         with self._wake:
-            jobs = [row.job for row in self._rows + [row for row, _ in self._joining]] + list(self._inbox)
+            jobs = self._jobs()
         for job in jobs:
             job.cancel()
 
@@ -173,6 +173,10 @@ class Scheduler:
         except BaseException as e:  # a bug here must not leave callers waiting forever
             self._fail_everything(e)
             raise
+
+    def _jobs(self) -> list[Job]:
+        """Every job decoding, joining or waiting (call holding `_wake`)."""
+        return [row.job for row in self._rows + [row for row, _ in self._joining]] + list(self._inbox)
 
     def _has_work(self) -> bool:
         with self._wake:
@@ -350,7 +354,7 @@ class Scheduler:
     def _fail_everything(self, error: BaseException) -> None:
         message = f"the decode thread stopped: {type(error).__name__}: {error}"[:600]
         with self._wake:
-            jobs = [row.job for row in self._rows + [row for row, _ in self._joining]] + list(self._inbox)
+            jobs = self._jobs()
             self._joining = []
             self._inbox.clear()
             self._drop_batch()
