@@ -26,8 +26,12 @@ def route(names: Sequence[str]) -> Any:
     return nullcontext()
 
 
-def four_bit(model: Any, seed: int = 0) -> Any:
-    """`model` with every decoder Linear weight replaced by exact 4-bit groups (w = d * q + m), as a Q4_1 GGUF's."""
+def four_bit(model: Any, seed: int = 0, float16_exact: bool = False) -> Any:
+    """`model` with every decoder Linear weight replaced by exact 4-bit groups (w = d * q + m), as a Q4_1 GGUF's.
+
+    `float16_exact`: d and m on a grid of 1/1024 and the head rounded to float16, so that float16 holds every
+    weight exactly (its float16 copies are then the float32 weights).
+    """
     import torch
     from torch import nn
 
@@ -39,9 +43,15 @@ def four_bit(model: Any, seed: int = 0) -> Any:
                 n, k = module.weight.shape
                 q = torch.randint(0, 16, (n, k // GROUP, GROUP), generator=generator).float()
                 q[..., 0], q[..., -1] = 0, 15  # llama.cpp's Q4_1 maps each group's min to 0 and max to 15
-                d = torch.rand((n, k // GROUP, 1), generator=generator) * 0.02 + 0.005
-                m = -7.5 * d + torch.randn((n, k // GROUP, 1), generator=generator) * 0.01
+                if float16_exact:  # |q * d + m| < 2048 units of 1/1024: 11 significant bits
+                    d = torch.randint(5, 26, (n, k // GROUP, 1), generator=generator).float() / 1024
+                    m = torch.randint(-200, -30, (n, k // GROUP, 1), generator=generator).float() / 1024
+                else:
+                    d = torch.rand((n, k // GROUP, 1), generator=generator) * 0.02 + 0.005
+                    m = -7.5 * d + torch.randn((n, k // GROUP, 1), generator=generator) * 0.01
                 module.weight.copy_((q * d + m).reshape(n, k))
+        if float16_exact:
+            head.weight.copy_(head.weight.half().float())  # tied: the token embedding too
     return model
 
 

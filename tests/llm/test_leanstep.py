@@ -167,10 +167,8 @@ def test_batched_packed_steps_read_float16_copies(tiny_model: TinyFactory) -> No
     import torch
 
     model = four_bit(tiny_model(0))
-    lean = LeanDecode.build(model, Int4Decode.prepare(model, "auto"))
-    assert lean is not None and lean.packed and HALF_ROWS <= 2
-    if not half_available():
-        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    lean = packed_lean(model)
+    assert HALF_ROWS <= 2
     products = products_of(lean)
     assert all(product.half is not None for product in products)  # made at build, not during the first prompt
     # float16 weights, float32 sums: within 1e-3 of the float32 weights (the 4-bit path is 3e-3 away)
@@ -222,24 +220,9 @@ def test_a_weight_changed_after_packing_is_read_as_float(tiny_model: TinyFactory
 
 
 def half_exact(model: Any) -> Any:
-    """A 4-bit `model` (as `four_bit`) whose weights, head included, float16 holds exactly: its float16 copies
-    are the float32 weights, so the packed prefill can be held to transformers' forward within rounding."""
-    import torch
-    from torch import nn
-
-    generator = torch.Generator().manual_seed(5)
-    head = model.get_output_embeddings()
-    with torch.no_grad():
-        for module in model.modules():
-            if type(module) is nn.Linear and module is not head:
-                n, k = module.weight.shape
-                q = torch.randint(0, 16, (n, k // 32, 32), generator=generator).float()
-                q[..., 0], q[..., -1] = 0, 15
-                d = torch.randint(5, 26, (n, k // 32, 1), generator=generator).float()  # in 1/1024ths
-                m = torch.randint(-200, -30, (n, k // 32, 1), generator=generator).float()
-                module.weight.copy_((q * d + m).reshape(n, k) / 1024)  # |q * d + m| < 2048: 11 bits
-        head.weight.copy_(head.weight.half().float())  # tied: the token embedding too
-    return model
+    """A 4-bit `model` whose float16 copies are its weights, so the packed prefill can be held to transformers'
+    forward within rounding."""
+    return four_bit(model, seed=5, float16_exact=True)
 
 
 def packed_lean(model: Any) -> LeanDecode:
