@@ -14,8 +14,10 @@ copy under benchmarks/results/:
     share of the memory-bandwidth roofline (weights read per token over the bandwidth a big tensor sum reaches
     on this device);
   - N sessions: N threads calling the engine at once (continuous batching), the same with every waiting
-    prompt prefilled in a forward of its own (the scheduler's prefill_tokens = 0), the same N requests one
-    after another, and one padded batch-N `model.generate`;
+    prompt prefilled in a forward of its own (the scheduler's prefill_tokens = 0), the same with the start
+    that prompts prefilled together share (the chat template's system turn) run by each of them (the
+    scheduler's share_prefixes off), the same N requests one after another, and one padded batch-N
+    `model.generate`;
   - adapters: 8 concurrent sessions with LoRA adapters (rank 16 on q/k/v/o, random non-zero B): base rows
     with PEFT loaded, all rows on one adapter, each row on its own adapter (PEFT's mixed-batch forward), with
     the time per batched decode step;
@@ -43,7 +45,8 @@ copy under benchmarks/results/:
 Every engine gets max_batch = the largest --sessions count (so N sessions decode as one batch) and a slot
 cache of --graph-tokens positions per row (the prompts here are under 100 tokens).
 
-The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does).
+The throughput runs use an engine without a prefix cache (every prompt prefilled whole, as generate does, but
+for the start that prompts prefilled in one forward share, run once for them).
 
 --shape bundled is the bundled SmolLM2-135M (weights cached under METAGENT_MODEL__CACHE_DIR); the others are
 random-initialised models of those shapes (for a GPU machine, where no weights can be fetched) with the
@@ -295,6 +298,7 @@ class Bench:
                      (f"engine, {count} concurrent sessions", partial(self.engine, self.llm, requests)),
                      (f"engine, {count} concurrent sessions, one prefill per prompt",
                       partial(self.engine, serial, requests)),
+                     (f"engine, {count} concurrent sessions, no shared start", partial(self.unshared, requests)),
                      (f"generate, one padded batch of {count}", partial(self.generate, list(range(count))))]
         if self.llm.int4 is not None:  # the same model, decode steps reading its float32 weights
             runs += self.same_requests(self.variant(int4="off"), "int4 off (float32 weights)", sessions)
@@ -346,6 +350,14 @@ class Bench:
             t.join()
         seconds = time.perf_counter() - started
         return Sample(seconds, sum(counts), llm.scheduler.steps - before[0], llm.scheduler.step_s - before[1])
+
+    def unshared(self, requests: Sequence[Any]) -> Sample:
+        """`engine`, with each prompt of a shared prefill running the start it shares with the others."""
+        self.llm.scheduler.share_prefixes = False
+        try:
+            return self.engine(self.llm, requests)
+        finally:
+            self.llm.scheduler.share_prefixes = True
 
     def sequential(self, requests: Sequence[Any]) -> Sample:
         started = time.perf_counter()

@@ -36,6 +36,10 @@ class Hit:
     tokens: int
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
+    def head(self, tokens: int) -> Hit | None:
+        """The first `tokens` of these (views, no copy); None for none."""
+        return Hit(tokens, tuple((k[:, :, :tokens], v[:, :, :tokens]) for k, v in self.layers)) if tokens else None
+
 
 @dataclass
 class _Entry:
@@ -89,7 +93,7 @@ class PrefixCache:
         self.stats.hits += 1
         self.stats.reused_tokens += tokens
         self.stats.prefilled_tokens += len(prompt_ids) - tokens
-        return Hit(tokens, tuple((k[:, :, :tokens], v[:, :, :tokens]) for k, v in entry.layers))
+        return Hit(tokens, entry.layers).head(tokens)
 
     def store(self, adapter: str, prompt_ids: Sequence[int], layers: Sequence[tuple[Any, Any]]) -> None:
         """Keep a prefilled prompt's KV (one row: [1, heads, len(prompt_ids), dim] per layer)."""

@@ -4,9 +4,9 @@ Callers (threads; asyncio code reaches the engine through threads) `submit` a Jo
 ids, then one `Done` (or an LLMError raised in that caller alone). The decode thread loops:
 
     admit: while the batch has room (max_batch), take the waiting jobs, load their adapters if needed,
-           prefill their prompts (past the longest prefix the prefix cache holds: prefixcache.py; short
-           prompts together in one forward, BATCH_PREFILL_TOKENS), choose each one's first token, and merge
-           their caches into the running batch;
+           prefill their prompts (past the longest prefix the prefix cache holds: prefixcache.py; a start
+           several of them share, once, SHARED_PREFIX_MIN_TOKENS; short prompts together in one forward,
+           BATCH_PREFILL_TOKENS), choose each one's first token, and merge their caches into the running batch;
     step:  one forward of every row's last token, each row's own choice (grammar mask, repetition penalty,
            temperature), then rows that finished (end token, max_new_tokens, grammar complete) or whose
            caller went away (`Job.cancel`: a stream closed early) leave the batch. On a GPU (`overlap`) the
@@ -38,14 +38,13 @@ from agent.errors import LLMError
 from agent.llm.batching import KVBatch
 from agent.llm.decoding import FinishReason, Sampler
 from agent.llm.lora import LoraSet
-from agent.llm.prefixcache import PrefixCache
+from agent.llm.prefixcache import Hit, PrefixCache
 from agent.llm.slots import SlotBatch, SlotCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from agent.llm.leanstep import LeanDecode
-    from agent.llm.prefixcache import Hit
 
 DEFAULT_MAX_BATCH = 8
 # Waiting prompts of at most BATCH_PREFILL_MAX_TOKENS tokens are prefilled together, up to BATCH_PREFILL_TOKENS
@@ -58,6 +57,11 @@ DEFAULT_MAX_BATCH = 8
 # cached) waited 1.1-2.2 s for their shared forward against a mean of 0.8-1.1 s one after another.
 BATCH_PREFILL_MAX_TOKENS = 256
 BATCH_PREFILL_TOKENS = 2048
+# Prompts of one adapter prefilled together that start alike past what the prefix cache holds for them (new
+# sessions arriving together: a chat template's system turn, an agent's system prompt) have that common start
+# prefilled once, in a forward of its own, when at least SHARED_PREFIX_MIN_TOKENS of it are cached for none of
+# them; each then prefills only its own rest. The benchmark's 8 chat prompts (35-49 tokens) share 24.
+SHARED_PREFIX_MIN_TOKENS = 16
 EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
 
 
@@ -125,7 +129,10 @@ class Scheduler:
         self._joining: list[tuple[_Row, KVBatch]] = []  # prefilled in this admission round, merged at its end
         self._mergeable: bool | None = None  # known after the first prefill
         self.steps = 0  # batched decode forwards so far (tests and benchmarks read it)
-        self.prefills = 0  # prefill forwards so far (several prompts may share one)
+        self.prefills = 0  # prefill forwards so far (several prompts may share one), shared starts included
+        self.shared_prefills = 0  # of them, forwards of a start that prompts prefilled together share
+        self.shared_tokens = 0  # prompt tokens that such forwards spared the model (runs of a start saved)
+        self.share_prefixes = True  # prefill such a start once (False: each prompt runs it; benchmarks compare)
         self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most positions in a shared prefill (0: one per prompt)
         self.lean_prefill = True  # prefill through the lean step where it applies (False: transformers' forward)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
@@ -230,6 +237,8 @@ class Scheduler:
         """Prefill these rows' prompts (one forward for all) and choose each one's first token; the rows that go
         on wait to join the batch (`_merge_joining`). When a shared forward fails, each row is tried alone, so a
         failure is its own."""
+        if len(group) > 1 and self.share_prefixes:
+            group = self._share_starts(group)
         try:
             pieces = KVBatch.prefill_many(self._model, [row.job.prompt_ids for row, _ in group], self._lora.route,
                                           [row.adapter for row, _ in group], [hit for _, hit in group],
@@ -249,6 +258,42 @@ class Scheduler:
                 self._join(row, piece, logits)
             except Exception as e:  # its grammar rejects every token
                 _fail(row.job, e)
+
+    def _share_starts(self, group: list[tuple[_Row, Hit | None]]) -> list[tuple[_Row, Hit | None]]:
+        """`group` with the starts that its prompts of one adapter share (`_shared_starts`) prefilled here, once
+        each, where at least SHARED_PREFIX_MIN_TOKENS of one are cached for none of them: each such prompt then
+        prefills only past that start (its hit). A start whose forward fails is left out (its prompts run it)."""
+        group = list(group)
+        by_adapter: dict[str, list[int]] = {}
+        for index, (row, _) in enumerate(group):
+            by_adapter.setdefault(row.adapter, []).append(index)
+        for adapter, indices in by_adapter.items():
+            for start in _shared_starts([group[i][0].job.prompt_ids for i in indices]) if len(indices) > 1 else []:
+                size = len(start)
+                members = [i for i in indices if group[i][0].job.prompt_ids[:size] == start]
+                held = {i: min(getattr(group[i][1], "tokens", 0), size) for i in members}  # cached for each
+                if size - min(held.values()) < SHARED_PREFIX_MIN_TOKENS:
+                    continue
+                known = max(members, key=held.__getitem__)  # the longest part of the start already cached
+                cached = group[known][1]
+                try:
+                    piece, _ = KVBatch.prefill(self._model, start, self._lora.route, adapter,
+                                               None if cached is None else cached.head(min(held[known], size - 1)),
+                                               self._lean if self.lean_prefill else None)
+                except Exception:  # out of memory, say: these prompts run the start, each its own copy
+                    continue
+                self.prefills += 1
+                self.shared_prefills += 1
+                whole = Hit(size, tuple(piece.layers))
+                saved = 0
+                for i in members:
+                    if held[i] < size:
+                        group[i] = (group[i][0], whole)
+                        saved += size - held[i]
+                self.shared_tokens += saved - (size - held[known])
+                if self.prefix is not None:  # its count of the tokens run through the model
+                    self.prefix.stats.prefilled_tokens -= saved - (size - held[known])
+        return group
 
     def _join(self, row: _Row, piece: KVBatch, logits: Any) -> None:
         """A prefilled row: its prompt's KV kept for reuse, its first token chosen, and it waits to join the batch
@@ -382,6 +427,30 @@ def _stop_all() -> None:
     for thread in list(_THREADS):
         if thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _shared_starts(prompts: list[list[int]]) -> list[list[int]]:
+    """The starts of at least SHARED_PREFIX_MIN_TOKENS tokens that two or more of these prompts share: in sorted
+    order, each run of neighbours whose common start stays that long gives one (short of its shortest prompt's
+    last token, which must run). Greedy: a run is not split to share a longer start among fewer prompts."""
+    starts: list[list[int]] = []
+    run: list[list[int]] = []
+    common = 0  # the length of the run's common start
+    for prompt in [*sorted(prompts), None]:
+        shared = 0 if prompt is None or not run else min(common, _common_length(run[0], prompt))
+        if run and shared < SHARED_PREFIX_MIN_TOKENS:
+            size = min(common, *(len(p) - 1 for p in run))
+            if len(run) > 1 and size >= SHARED_PREFIX_MIN_TOKENS:
+                starts.append(run[0][:size])
+            run = []
+        if prompt is not None:
+            common = shared if run else len(prompt)
+            run.append(prompt)
+    return starts
+
+
+def _common_length(one: list[int], other: list[int]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b), min(len(one), len(other)))
 
 
 def _fail(job: Job, error: Exception) -> None:

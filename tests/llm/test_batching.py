@@ -448,6 +448,87 @@ def test_waiting_prompts_share_one_prefill_and_long_ones_go_alone(tiny_model: Ti
         assert stats.hits >= 3 * len(short) - 1  # every prompt but the very first reused the system turn
 
 
+HARBOUR = ("You are the night clerk of a small harbour office. Answer in one short sentence, name no ship you "
+           "were not told about, and say so when you do not know.")
+
+
+def harbour(text: str, max_new_tokens: int, adapter: str | None = None) -> LLMRequest:
+    return LLMRequest("act", (Message("system", HARBOUR), Message("user", text)), max_new_tokens=max_new_tokens,
+                      adapter=adapter)
+
+
+def test_shared_starts_are_runs_of_prompts_that_start_alike() -> None:
+    from agent.llm.scheduler import SHARED_PREFIX_MIN_TOKENS as MIN
+    from agent.llm.scheduler import _shared_starts
+
+    system, other = list(range(1000, 1000 + MIN + 4)), list(range(2000, 2000 + MIN + 9))
+    a, b, c = system + [1, 2, 3], system + [1, 2, 4, 5], system + [7]
+    assert _shared_starts([a, b, list(range(MIN * 3)), c]) == [system]  # the unrelated prompt shares nothing
+    assert _shared_starts([a, b]) == [system + [1, 2]]  # as far as they agree
+    assert _shared_starts([other + [1], a, other + [2], b]) == [system + [1, 2], other]  # one start per run
+    assert _shared_starts([a, a]) == [a[:-1]]  # the same prompt twice: its last token must run
+    assert _shared_starts([system[:MIN], system[:MIN] + [1]]) == []  # shorter than SHARED_PREFIX_MIN_TOKENS
+    assert _shared_starts([a]) == [] and _shared_starts([]) == []
+
+
+@pytest.mark.parametrize("prefix_cache_mb", [0, 16])
+def test_prompts_prefilled_together_run_their_common_start_once(tiny_model: TinyFactory, tokenizer: Any,
+                                                                tmp_path: Path, prefix_cache_mb: int) -> None:
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=prefix_cache_mb,
+                          adapters={"one": make_lora(tiny_model, tmp_path / "one", seed=1)})
+    # held alone in the first prefill; then two harbour prompts per adapter and an unrelated one, together
+    requests = [ask("Hi.", 6), harbour("Which ships came in today?", 8), ask("Tell me a joke.", 5),
+                harbour("Is the tide high?", 9, "one"), harbour("Yo.", 7), harbour("Any fog tonight?", 6, "one")]
+    llm.max_batch = len(requests)
+    alone = [llm.complete(r) for r in requests]
+    for share in (False, True):
+        llm.scheduler.share_prefixes = share
+        if llm.prefix_cache is not None:
+            llm.prefix_cache.clear()
+            llm.prefix_cache.stats = type(llm.prefix_cache.stats)()
+        prefills, shared, saved = (llm.scheduler.prefills, llm.scheduler.shared_prefills,
+                                   llm.scheduler.shared_tokens)
+        assert texts(batched(llm, requests)) == texts(alone)
+        assert llm.scheduler.shared_prefills - shared == (2 if share else 0)  # one start per adapter
+        assert llm.scheduler.prefills - prefills == 2 + llm.scheduler.shared_prefills - shared
+        ids = [llm.prompt_ids(r) for r in requests]
+        start = len(_common(ids[1], ids[4]))
+        # per adapter, one of its two harbour prompts is spared the start; with the cache, less the part of it
+        # that the first prompt's system turn left cached for the base adapter's
+        spared = llm.scheduler.shared_tokens - saved
+        assert spared == (0 if not share else 2 * start if not prefix_cache_mb else spared)
+        assert 2 * start - 8 <= spared <= 2 * start or not share
+        if llm.prefix_cache is not None:  # every prompt token counted once: cached, shared or run
+            stats = llm.prefix_cache.stats
+            assert stats.prefilled_tokens + stats.reused_tokens + llm.scheduler.shared_tokens - saved == sum(
+                map(len, ids))
+
+
+def test_a_shared_start_that_fails_leaves_its_prompts_to_run_it(tiny_model: TinyFactory, tokenizer: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.llm import scheduler
+
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
+    requests = [ask("Hi.", 6), harbour("Which ships came in today?", 8), harbour("Yo.", 7)]
+    alone = [llm.complete(r) for r in requests]
+    start = scheduler._shared_starts([llm.prompt_ids(r) for r in requests[1:]])[0]
+    prefill = scheduler.KVBatch.prefill
+
+    def failing(model: Any, prompt_ids: Sequence[int], *args: Any) -> Any:
+        if list(prompt_ids) == start:
+            raise RuntimeError("out of memory")
+        return prefill(model, prompt_ids, *args)
+
+    monkeypatch.setattr(scheduler.KVBatch, "prefill", failing)
+    assert texts(batched(llm, requests)) == texts(alone)
+    assert llm.scheduler.shared_prefills == 0
+
+
+def _common(one: Sequence[int], other: Sequence[int]) -> list[int]:
+    size = next((i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b), min(len(one), len(other)))
+    return list(one[:size])
+
+
 def test_a_shared_prefill_that_fails_is_retried_alone(tiny_model: TinyFactory, tokenizer: Any,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A forward over several prompts that fails (out of memory, say) fails only the prompt that fails alone."""
