@@ -4,9 +4,9 @@ Callers (threads; asyncio code reaches the engine through threads) `submit` a Jo
 ids, then one `Done` (or an LLMError raised in that caller alone). The decode thread loops:
 
     admit: while the batch has room (max_batch), take the waiting jobs, load their adapters if needed,
-           prefill their prompts (past the longest prefix the prefix cache holds: prefixcache.py; a start
-           several of them share, once, SHARED_PREFIX_MIN_TOKENS; short prompts together in one forward,
-           BATCH_PREFILL_TOKENS), choose each one's first token, and merge their caches into the running batch;
+           prefill their prompts (past the longest prefix the prefix cache holds: prefixcache.py; short
+           prompts together in one forward, BATCH_PREFILL_TOKENS, and a start several of them share once,
+           SHARED_PREFIX_MIN_TOKENS), choose each one's first token, and merge their caches into the running batch;
     step:  one forward of every row's last token, each row's own choice (grammar mask, repetition penalty,
            temperature), then rows that finished (end token, max_new_tokens, grammar complete) or whose
            caller went away (`Job.cancel`: a stream closed early) leave the batch. On a GPU (`overlap`) the
@@ -57,11 +57,16 @@ DEFAULT_MAX_BATCH = 8
 # cached) waited 1.1-2.2 s for their shared forward against a mean of 0.8-1.1 s one after another.
 BATCH_PREFILL_MAX_TOKENS = 256
 BATCH_PREFILL_TOKENS = 2048
-# Prompts of one adapter prefilled together that start alike past what the prefix cache holds for them (new
-# sessions arriving together: a chat template's system turn, an agent's system prompt) have that common start
-# prefilled once, in a forward of its own, when at least SHARED_PREFIX_MIN_TOKENS of it are cached for none of
-# them; each then prefills only its own rest. The benchmark's 8 chat prompts (35-49 tokens) share 24.
+# Prompts of one adapter prefilled together that start alike (new sessions arriving together: a chat template's
+# system turn, a deployment's system prompt) have their common start, of SHARED_PREFIX_MIN_TOKENS or more,
+# prefilled once in a forward of its own when that spares the model at least as many prompt tokens as a
+# forward's fixed cost is worth: on CPU, where a prefill's cost grows with its tokens from the first few on
+# (the bundled model: a 24-token start alone 70-100 ms, 8 chat prompts 706 -> 513 ms with it), that many; on a
+# GPU, where a forward of fewer than a few hundred tokens costs about its weight reads whatever its tokens (an
+# H100's bf16 compute over its bandwidth is ~300 FLOP a byte, 2 FLOP per 2-byte weight a token), 256 (not
+# measured: no GPU run yet). Each prompt then prefills only its own rest.
 SHARED_PREFIX_MIN_TOKENS = 16
+SHARED_PREFIX_MIN_TOKENS_GPU = 256
 EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
 
 
@@ -120,7 +125,8 @@ class Scheduler:
         self.slots = slots  # the static KV cache that CUDA graphs replay (slots.py); None: KVBatch only
         # grammar masks for a step's choices are computed while the device runs the step (the forward is
         # asynchronous on a GPU); on a CPU, right after each token as before (nothing to overlap)
-        self.overlap = getattr(getattr(model, "device", None), "type", None) == "cuda"
+        device = getattr(getattr(model, "device", None), "type", None)
+        self.overlap = device == "cuda"
         self._inbox: deque[Job] = deque()
         self._wake = threading.Lock()
         self._running = False
@@ -133,6 +139,8 @@ class Scheduler:
         self.shared_prefills = 0  # of them, forwards of a start that prompts prefilled together share
         self.shared_tokens = 0  # prompt tokens that such forwards spared the model (runs of a start saved)
         self.share_prefixes = True  # prefill such a start once (False: each prompt runs it; benchmarks compare)
+        # the fewest prompt tokens such a forward must spare: a forward's fixed cost, in tokens (SHARED_PREFIX_*)
+        self.share_min_tokens = SHARED_PREFIX_MIN_TOKENS_GPU if device == "cuda" else SHARED_PREFIX_MIN_TOKENS
         self.prefill_tokens = BATCH_PREFILL_TOKENS  # the most positions in a shared prefill (0: one per prompt)
         self.lean_prefill = True  # prefill through the lean step where it applies (False: transformers' forward)
         self.step_s = 0.0  # time spent in them: forward, logits to the host, every row's choice
@@ -261,8 +269,9 @@ class Scheduler:
 
     def _share_starts(self, group: list[tuple[_Row, Hit | None]]) -> list[tuple[_Row, Hit | None]]:
         """`group` with the starts that its prompts of one adapter share (`_shared_starts`) prefilled here, once
-        each, where at least SHARED_PREFIX_MIN_TOKENS of one are cached for none of them: each such prompt then
-        prefills only past that start (its hit). A start whose forward fails is left out (its prompts run it)."""
+        each, where that spares the model at least `share_min_tokens` prompt tokens (the start's tokens that each
+        prompt would run, less those its own forward runs): each such prompt then prefills only past that start
+        (its hit). A start whose forward fails is left out (its prompts run it)."""
         group = list(group)
         by_adapter: dict[str, list[int]] = {}
         for index, (row, _) in enumerate(group):
@@ -272,27 +281,26 @@ class Scheduler:
                 size = len(start)
                 members = [i for i in indices if group[i][0].job.prompt_ids[:size] == start]
                 held = {i: min(getattr(group[i][1], "tokens", 0), size) for i in members}  # cached for each
-                if size - min(held.values()) < SHARED_PREFIX_MIN_TOKENS:
-                    continue
                 known = max(members, key=held.__getitem__)  # the longest part of the start already cached
+                reused = min(held[known], size - 1)  # (the start's forward runs one token at least)
+                spared = sum(size - held[i] for i in members) - (size - reused)
+                if spared < self.share_min_tokens:
+                    continue
                 cached = group[known][1]
                 try:
                     piece, _ = KVBatch.prefill(self._model, start, self._lora.route, adapter,
-                                               None if cached is None else cached.head(min(held[known], size - 1)),
+                                               None if cached is None else cached.head(reused),
                                                self._lean if self.lean_prefill else None)
                 except Exception:  # out of memory, say: these prompts run the start, each its own copy
                     continue
                 self.prefills += 1
                 self.shared_prefills += 1
-                whole = Hit(size, tuple(piece.layers))
-                saved = 0
-                for i in members:
-                    if held[i] < size:
-                        group[i] = (group[i][0], whole)
-                        saved += size - held[i]
-                self.shared_tokens += saved - (size - held[known])
+                self.shared_tokens += spared
                 if self.prefix is not None:  # its count of the tokens run through the model
-                    self.prefix.stats.prefilled_tokens -= saved - (size - held[known])
+                    self.prefix.stats.prefilled_tokens -= spared
+                whole = Hit(size, tuple(piece.layers))
+                group = [(row, whole) if i in held and held[i] < size else (row, hit)
+                         for i, (row, hit) in enumerate(group)]
         return group
 
     def _join(self, row: _Row, piece: KVBatch, logits: Any) -> None:

@@ -504,6 +504,23 @@ def test_prompts_prefilled_together_run_their_common_start_once(tiny_model: Tiny
                 map(len, ids))
 
 
+def test_a_start_is_shared_only_when_it_spares_the_model_enough_tokens(tiny_model: TinyFactory,
+                                                                      tokenizer: Any) -> None:
+    from agent.llm import scheduler
+
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
+    assert llm.scheduler.share_min_tokens == scheduler.SHARED_PREFIX_MIN_TOKENS  # on CPU
+    requests = [ask("Hi.", 6), harbour("Which ships came in today?", 8), harbour("Yo.", 7)]
+    alone = [llm.complete(r) for r in requests]
+    start = scheduler._shared_starts([llm.prompt_ids(r) for r in requests[1:]])[0]
+    # two prompts, nothing cached: the start's forward spares one copy of it
+    for needed, shared in ((len(start) + 1, 0), (len(start), 1)):
+        llm.scheduler.share_min_tokens = needed
+        before = llm.scheduler.shared_prefills
+        assert texts(batched(llm, requests)) == texts(alone)
+        assert llm.scheduler.shared_prefills - before == shared
+
+
 def test_a_shared_start_that_fails_leaves_its_prompts_to_run_it(tiny_model: TinyFactory, tokenizer: Any,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.llm import scheduler
