@@ -59,12 +59,13 @@ BATCH_PREFILL_MAX_TOKENS = 256
 BATCH_PREFILL_TOKENS = 2048
 # Prompts of one adapter prefilled together that start alike (new sessions arriving together: a chat template's
 # system turn, a deployment's system prompt) have their common start, of SHARED_PREFIX_MIN_TOKENS or more,
-# prefilled once in a forward of its own when that spares the model at least as many prompt tokens as a
-# forward's fixed cost is worth: on CPU, where a prefill's cost grows with its tokens from the first few on
-# (the bundled model: a 24-token start alone 70-100 ms, 8 chat prompts 706 -> 513 ms with it), that many; on a
-# GPU, where a forward of fewer than a few hundred tokens costs about its weight reads whatever its tokens (an
-# H100's bf16 compute over its bandwidth is ~300 FLOP a byte, 2 FLOP per 2-byte weight a token), 256 (not
-# measured: no GPU run yet). Each prompt then prefills only its own rest.
+# prefilled once in a forward of its own when that shortens the shared forward (rows x its longest cached part
+# plus longest new part, padding included) by more positions than the start's forward runs, and by at least
+# the worth of a forward's fixed cost: on CPU, where a prefill's cost grows with its tokens from the first few
+# on (the bundled model: a 24-token start alone 70-100 ms, 8 chat prompts 706 -> 513 ms with it), that many
+# positions; on a GPU, where a forward of fewer than a few hundred tokens costs about its weight reads whatever
+# its tokens (an H100's bf16 compute over its bandwidth is ~300 FLOP a byte, 2 FLOP per 2-byte weight a token),
+# 256 (an estimate: no GPU run yet). Each prompt then prefills only its own rest.
 SHARED_PREFIX_MIN_TOKENS = 16
 SHARED_PREFIX_MIN_TOKENS_GPU = 256
 EXIT_WAIT_S = 10.0  # at interpreter exit, how long to wait for the decode threads to finish their current forward
@@ -207,6 +208,7 @@ class Scheduler:
         """Prefill the waiting jobs the batch has room for, in order; short prompts share a forward."""
         group: list[tuple[_Row, Hit | None]] = []
         cached = new = 0  # the layout of `group`'s shared forward: the longest cached part, the longest new part
+        job: Job | None = None  # the job being taken, until it is in `group` or prefilled
         try:
             while len(self._rows) + len(self._joining) + len(group) < self._capacity():
                 with self._wake:
@@ -214,6 +216,7 @@ class Scheduler:
                         break
                     job = self._inbox.popleft()
                 if job.cancelled:
+                    job = None
                     continue
                 try:
                     row = _Row(job, self._lora.resolve(job.adapter))
@@ -221,6 +224,7 @@ class Scheduler:
                     hit = self.prefix.lookup(row.adapter, job.prompt_ids) if self.prefix is not None else None
                 except Exception as e:  # its adapter does not load: this job only
                     _fail(job, e)
+                    job = None
                     continue
                 start, size = (0 if hit is None else hit.tokens), len(job.prompt_ids)
                 alone = self._mergeable is None or size > min(BATCH_PREFILL_MAX_TOKENS, self.prefill_tokens)
@@ -230,15 +234,17 @@ class Scheduler:
                     group, cached, new = [], 0, 0
                 if alone:  # (the first prefill also says whether rows can share a batch at all)
                     self._prefill([(row, hit)])
+                    job = None
                     continue
                 group.append((row, hit))
+                job = None
                 cached, new = max(cached, start), max(new, size - start)
             if group:
                 self._prefill(group)
             self._merge_joining()
         except BaseException:
             with self._wake:  # a bug: the jobs taken but not prefilled go back, for _fail_everything to end
-                self._inbox.extendleft(reversed([row.job for row, _ in group]))
+                self._inbox.extendleft(reversed([row.job for row, _ in group] + ([] if job is None else [job])))
             raise
 
     def _prefill(self, group: list[tuple[_Row, Hit | None]]) -> None:
@@ -269,38 +275,41 @@ class Scheduler:
 
     def _share_starts(self, group: list[tuple[_Row, Hit | None]]) -> list[tuple[_Row, Hit | None]]:
         """`group` with the starts that its prompts of one adapter share (`_shared_starts`) prefilled here, once
-        each, where that spares the model at least `share_min_tokens` prompt tokens (the start's tokens that each
-        prompt would run, less those its own forward runs): each such prompt then prefills only past that start
-        (its hit). A start whose forward fails is left out (its prompts run it)."""
-        group = list(group)
+        each, where that is worth a forward (`_worth_sharing`): each such prompt then prefills only past that
+        start (its hit). A start whose forward fails is left out (its prompts run it)."""
         by_adapter: dict[str, list[int]] = {}
         for index, (row, _) in enumerate(group):
             by_adapter.setdefault(row.adapter, []).append(index)
+        cached = [0 if hit is None else hit.tokens for _, hit in group]
+        candidates: list[tuple[str, list[int], list[int], int]] = []  # adapter, start, rows it spares, cached of it
         for adapter, indices in by_adapter.items():
             for start in _shared_starts([group[i][0].job.prompt_ids for i in indices]) if len(indices) > 1 else []:
                 size = len(start)
                 members = [i for i in indices if group[i][0].job.prompt_ids[:size] == start]
-                held = {i: min(getattr(group[i][1], "tokens", 0), size) for i in members}  # cached for each
-                known = max(members, key=held.__getitem__)  # the longest part of the start already cached
-                reused = min(held[known], size - 1)  # (the start's forward runs one token at least)
-                spared = sum(size - held[i] for i in members) - (size - reused)
-                if spared < self.share_min_tokens:
-                    continue
-                cached = group[known][1]
-                try:
-                    piece, _ = KVBatch.prefill(self._model, start, self._lora.route, adapter,
-                                               None if cached is None else cached.head(reused),
-                                               self._lean if self.lean_prefill else None)
-                except Exception:  # out of memory, say: these prompts run the start, each its own copy
-                    continue
-                self.prefills += 1
-                self.shared_prefills += 1
-                self.shared_tokens += spared
-                if self.prefix is not None:  # its count of the tokens run through the model
-                    self.prefix.stats.prefilled_tokens -= spared
-                whole = Hit(size, tuple(piece.layers))
-                group = [(row, whole) if i in held and held[i] < size else (row, hit)
-                         for i, (row, hit) in enumerate(group)]
+                known = max(members, key=cached.__getitem__)  # the row with the longest part of it cached
+                # (the start's own forward runs one token at least)
+                candidates.append((adapter, start, [i for i in members if cached[i] < size],
+                                   min(cached[known], size - 1)))
+        chosen = _worth_sharing(cached, [len(row.job.prompt_ids) for row, _ in group],
+                                [(len(start), rows, reused) for _, start, rows, reused in candidates],
+                                self.share_min_tokens, self.prefill_tokens)
+        for adapter, start, rows, reused in (candidates[k] for k in chosen):
+            known = max(rows, key=cached.__getitem__)
+            hit = group[known][1]
+            try:
+                piece, _ = KVBatch.prefill(self._model, start, self._lora.route, adapter,
+                                           None if hit is None else hit.head(reused),
+                                           self._lean if self.lean_prefill else None)
+            except Exception:  # out of memory, say: these prompts run the start, each its own copy
+                continue
+            spared = sum(len(start) - cached[i] for i in rows) - (len(start) - reused)  # prompt tokens not run
+            self.prefills += 1
+            self.shared_prefills += 1
+            self.shared_tokens += spared
+            if self.prefix is not None:  # its count of the tokens run through the model
+                self.prefix.stats.prefilled_tokens -= spared
+            whole = Hit(len(start), tuple(piece.layers))
+            group = [(row, whole) if i in rows else (row, hit) for i, (row, hit) in enumerate(group)]
         return group
 
     def _join(self, row: _Row, piece: KVBatch, logits: Any) -> None:
@@ -455,6 +464,40 @@ def _shared_starts(prompts: list[list[int]]) -> list[list[int]]:
             common = shared if run else len(prompt)
             run.append(prompt)
     return starts
+
+
+def _worth_sharing(cached: list[int], lengths: list[int], starts: list[tuple[int, list[int], int]], min_tokens: int,
+                   budget: int) -> list[int]:
+    """Which of these shared starts to prefill (indexes into `starts`) for a shared forward of these rows, each
+    with `cached[i]` of its `lengths[i]` tokens cached. A start is (its tokens, the rows it would give them to,
+    the tokens of it already cached). The shared forward runs rows x (longest cached part + longest new part)
+    positions, padding included, so a start spares positions only where it shortens the longest new part: the
+    chosen starts spare, in all, at least `min_tokens` positions per start's forward (its fixed cost) beyond the
+    tokens those forwards run, and leave the forward within `budget` positions or its size before. Starts are
+    dropped, one at a time, while dropping one spares as much; then all that are left, or none."""
+    rows = len(lengths)
+
+    def layout(chosen: list[int]) -> tuple[int, int]:  # (longest cached part, longest new part)
+        after = list(cached)
+        for k in chosen:
+            size, given, _ = starts[k]
+            for i in given:
+                after[i] = max(after[i], size)
+        return max(after), max(length - part for length, part in zip(lengths, after, strict=True))
+
+    def spared(chosen: list[int]) -> int:
+        return rows * (layout([])[1] - layout(chosen)[1]) - sum(starts[k][0] - starts[k][2] for k in chosen)
+
+    chosen = list(range(len(starts)))
+    while chosen:
+        fewer = next((chosen[:n] + chosen[n + 1:] for n in range(len(chosen))
+                      if spared(chosen[:n] + chosen[n + 1:]) >= spared(chosen)), None)
+        if fewer is None:
+            break
+        chosen = fewer
+    if not chosen or spared(chosen) < min_tokens * len(chosen):
+        return []
+    return chosen if rows * sum(layout(chosen)) <= max(budget, rows * sum(layout([]))) else []
 
 
 def _common_length(one: list[int], other: list[int]) -> int:

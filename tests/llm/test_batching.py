@@ -142,7 +142,8 @@ def batched(llm: TransformersLLM, first: Sequence[LLMRequest],
             late: Sequence[LLMRequest] = ()) -> list[LLMReply | Exception]:
     """`first` decode as one batch: the first is held in its prefill until the others wait behind it, queued in
     order (they are then prefilled together when short); `late` join at the batch's third step."""
-    gate = Gate(llm, [0, 4] if late else [0])  # 0: the first prefill; 1: the others'; 2, 3, 4: steps
+    # 0: the first prefill; 1: the others' (when they share a start, its forward first); then steps
+    gate = Gate(llm, [0, 4] if late else [0])
     callers = Callers(llm)
     try:
         callers.start(first[:1])
@@ -471,16 +472,72 @@ def test_shared_starts_are_runs_of_prompts_that_start_alike() -> None:
     assert _shared_starts([a]) == [] and _shared_starts([]) == []
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug leaves the thread
+def test_a_bug_in_a_prefill_fails_the_request_being_taken_instead_of_leaving_it_waiting(
+        tiny_model: TinyFactory, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.llm import scheduler
+
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False)
+
+    def buggy(self: Any, group: Any) -> None:
+        raise RuntimeError("a bug in the scheduler")
+
+    monkeypatch.setattr(scheduler.Scheduler, "_prefill", buggy)
+    callers = Callers(llm)
+    callers.start([ask("Hi.")])  # the engine's first prompt: taken, then prefilled alone
+    (reply,) = callers.join()
+    assert isinstance(reply, LLMError) and "the decode thread stopped: RuntimeError: a bug" in str(reply)
+    monkeypatch.undo()
+    assert llm.complete(ask("Hi.")).text  # a new decode thread serves the next request
+
+
+def test_a_start_is_worth_its_forward_only_where_it_shortens_the_shared_forward() -> None:
+    from agent.llm.scheduler import _worth_sharing
+
+    seven = [40] * 7
+    # 7 prompts of 40 tokens sharing 30: 7 x 30 positions spared, less the 30 the start's forward runs
+    assert _worth_sharing([0] * 7, seven, [(30, list(range(7)), 0)], 16, 2048) == [0]
+    # with a 250-token prompt beside them the shared forward is 250 wide either way: nothing spared
+    assert _worth_sharing([0] * 8, [*seven, 250], [(30, list(range(7)), 0)], 16, 2048) == []
+    # two starts (two adapters) that only together shorten the widest rows: both or neither
+    both = [(30, [0, 1], 0), (30, [2, 3], 0)]
+    assert _worth_sharing([0] * 4, [40] * 4, both, 16, 2048) == [0, 1]
+    assert _worth_sharing([0] * 4, [40] * 4, both, 80, 2048) == []  # 4 x 30 - 60 = 60 < 2 x 80
+    # a start among short rows spares nothing beside the one among the widest: dropped
+    assert _worth_sharing([0] * 4, [60, 60, 30, 30], [(20, [0, 1], 0), (20, [2, 3], 0)], 16, 2048) == [0]
+    # a start that is mostly cached already runs only the rest
+    assert _worth_sharing([25, 25], [40, 40], [(30, [0, 1], 25)], 16, 2048) == []  # 2 x 5 - 5 = 5
+    assert _worth_sharing([0, 25], [40, 40], [(30, [0], 25)], 16, 2048) == [0]  # 2 x (40 - 15) - 5 = 45
+    # the forward must stay within the budget or no larger than it was: 8 x 40 positions, then 8 x (30 + 30)
+    eight = ([0] * 8, [*seven, 30], [(30, list(range(7)), 0)])
+    assert _worth_sharing(*eight, 16, 2048) == [0] and _worth_sharing(*eight, 16, 400) == []
+    assert _worth_sharing([0, 0, 10], [200, 200, 30], [(150, [0, 1], 0)], 16, 100) == [0]  # 3 x 210 -> 3 x 200
+
+
 @pytest.mark.parametrize("prefix_cache_mb", [0, 16])
 def test_prompts_prefilled_together_run_their_common_start_once(tiny_model: TinyFactory, tokenizer: Any,
-                                                                tmp_path: Path, prefix_cache_mb: int) -> None:
+                                                                tmp_path: Path, prefix_cache_mb: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.llm import scheduler
+
     llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=prefix_cache_mb,
                           adapters={"one": make_lora(tiny_model, tmp_path / "one", seed=1)})
     # held alone in the first prefill; then two harbour prompts per adapter and an unrelated one, together
     requests = [ask("Hi.", 6), harbour("Which ships came in today?", 8), ask("Tell me a joke.", 5),
                 harbour("Is the tide high?", 9, "one"), harbour("Yo.", 7), harbour("Any fog tonight?", 6, "one")]
     llm.max_batch = len(requests)
+    ids = [llm.prompt_ids(r) for r in requests]
+    starts = {i: scheduler._shared_starts([ids[a], ids[b]])[0] for a, b in ((1, 4), (3, 5)) for i in (a, b)}
     alone = [llm.complete(r) for r in requests]
+    hits: list[list[int]] = []  # the cached part of each prompt of each shared forward
+    prefill_many = scheduler.KVBatch.prefill_many
+
+    def recording(model: Any, prompts: Sequence[Sequence[int]], route: Any, adapters: Any, given: Any,
+                  lean: Any = None) -> Any:
+        hits.append([0 if hit is None else hit.tokens for hit in given])
+        return prefill_many(model, prompts, route, adapters, given, lean)
+
+    monkeypatch.setattr(scheduler.KVBatch, "prefill_many", recording)
     for share in (False, True):
         llm.scheduler.share_prefixes = share
         if llm.prefix_cache is not None:
@@ -488,20 +545,28 @@ def test_prompts_prefilled_together_run_their_common_start_once(tiny_model: Tiny
             llm.prefix_cache.stats = type(llm.prefix_cache.stats)()
         prefills, shared, saved = (llm.scheduler.prefills, llm.scheduler.shared_prefills,
                                    llm.scheduler.shared_tokens)
+        hits.clear()
         assert texts(batched(llm, requests)) == texts(alone)
         assert llm.scheduler.shared_prefills - shared == (2 if share else 0)  # one start per adapter
         assert llm.scheduler.prefills - prefills == 2 + llm.scheduler.shared_prefills - shared
-        ids = [llm.prompt_ids(r) for r in requests]
-        start = len(_common(ids[1], ids[4]))
+        assert [len(h) for h in hits] == [1, 5]  # the first alone; the five that waited in one forward
+        together = dict(zip([1, 2, 3, 4, 5], hits[1], strict=True))  # each harbour prompt past its start
+        for i, start in starts.items():
+            assert (together[i] == len(start)) == share, (i, together[i], len(start))
+        assert together[2] < min(map(len, starts.values()))  # the unrelated prompt shares no start
         # per adapter, one of its two harbour prompts is spared the start; with the cache, less the part of it
         # that the first prompt's system turn left cached for the base adapter's
         spared = llm.scheduler.shared_tokens - saved
-        assert spared == (0 if not share else 2 * start if not prefix_cache_mb else spared)
-        assert 2 * start - 8 <= spared <= 2 * start or not share
+        base, one = len(starts[1]), len(starts[3])
+        if not share:
+            assert spared == 0
+        elif not prefix_cache_mb:
+            assert spared == base + one
+        else:  # the base prompts had the first prompt's "<|im_start|>system\nYou are" cached
+            assert base - 8 <= spared - one < base
         if llm.prefix_cache is not None:  # every prompt token counted once: cached, shared or run
             stats = llm.prefix_cache.stats
-            assert stats.prefilled_tokens + stats.reused_tokens + llm.scheduler.shared_tokens - saved == sum(
-                map(len, ids))
+            assert stats.prefilled_tokens + stats.reused_tokens + spared == sum(map(len, ids))
 
 
 def test_a_start_is_shared_only_when_it_spares_the_model_enough_tokens(tiny_model: TinyFactory,
@@ -530,20 +595,17 @@ def test_a_shared_start_that_fails_leaves_its_prompts_to_run_it(tiny_model: Tiny
     alone = [llm.complete(r) for r in requests]
     start = scheduler._shared_starts([llm.prompt_ids(r) for r in requests[1:]])[0]
     prefill = scheduler.KVBatch.prefill
+    failed = []
 
     def failing(model: Any, prompt_ids: Sequence[int], *args: Any) -> Any:
         if list(prompt_ids) == start:
+            failed.append(len(prompt_ids))
             raise RuntimeError("out of memory")
         return prefill(model, prompt_ids, *args)
 
     monkeypatch.setattr(scheduler.KVBatch, "prefill", failing)
     assert texts(batched(llm, requests)) == texts(alone)
-    assert llm.scheduler.shared_prefills == 0
-
-
-def _common(one: Sequence[int], other: Sequence[int]) -> list[int]:
-    size = next((i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b), min(len(one), len(other)))
-    return list(one[:size])
+    assert failed == [len(start)] and llm.scheduler.shared_prefills == 0 and llm.scheduler.shared_tokens == 0
 
 
 def test_a_shared_prefill_that_fails_is_retried_alone(tiny_model: TinyFactory, tokenizer: Any,
