@@ -14,8 +14,9 @@ Each tool's name is tied to its own schema, so a call to an unknown tool or with
 cannot be written, and no string argument can contain "</tool_call>" (which would end the block early for
 the parser; not enforced for a tool whose schema bounds string lengths, see `_call_tag`). A plain-text
 answer may not start with "<" or whitespace nor contain "<tool_call>", so it can never be mistaken for a
-malformed call. The end token is allowed exactly when the grammar is complete, so
-generation cannot stop in the middle of a call (only max_new_tokens can cut it).
+malformed call. With tool_choice="none" and tools in the request, the answer alone. The end token is allowed
+exactly when the grammar is complete, so generation cannot stop in the middle of a call (only max_new_tokens
+can cut it).
 
 xgrammar's JSON is strict (no properties or items the schema does not declare) and allows at most one
 whitespace character between tokens (a small model under a whitespace-flexible grammar can pad forever).
@@ -55,8 +56,10 @@ def grammar_format(tools: Sequence[ToolSpec], tool_choice: ToolChoice,
                    constraint: Constraint | None) -> dict[str, Any] | None:
     """The structural-tag format for one request, or None when the output is free text."""
     answer = _answer_format(constraint)
-    if not tools or tool_choice == "none":
+    if not tools:
         return answer
+    if tool_choice == "none":  # tools withdrawn for this reply: an answer, never call syntax (small models,
+        return answer or TEXT_FORMAT  # shown calls and results, go on writing calls that would be dropped)
     one_call = {"type": "or", "elements": [_call_tag(spec) for spec in tools]}
     more_calls = {"type": "sequence", "elements": [{"type": "const_string", "value": "\n"}, one_call]}
     calls = {"type": "sequence", "elements": [
@@ -234,7 +237,7 @@ def _cache_key(request: LLMRequest) -> str:
     tools = [(t.name, t.parameters) for t in request.tools] if request.tool_choice != "none" else []
     c = request.constraint
     constraint = None if c is None else [c.json_schema, list(c.choices) if c.choices is not None else None]
-    return json.dumps([tools, request.tool_choice, constraint], sort_keys=True, default=str)
+    return json.dumps([tools, bool(request.tools), request.tool_choice, constraint], sort_keys=True, default=str)
 
 
 def _last_line(error: Exception) -> str:

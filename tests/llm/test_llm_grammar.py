@@ -54,8 +54,22 @@ def accepts(constraint: TokenConstraint | None, tokenizer: Any, text: str) -> bo
 
 def test_free_text_needs_no_grammar() -> None:
     assert grammar_format((), "auto", None) is None
-    assert grammar_format(TOOLS, "none", None) is None
+    assert grammar_format((), "none", None) is None
     assert grammar_format(TOOLS, "none", Constraint(choices=("a", "b"))) is not None
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("The answer is 391.", True),
+    (call('{"name": "calculator", "arguments": {"expression": "17*23"}}'), False),  # tools withdrawn: no calls
+    ("391, from <tool_call> above", False),
+    (" 391", False),
+])
+def test_tools_withdrawn_leave_an_answer_without_call_syntax(grammars: Grammars, tokenizer: Any, text: str,
+                                                             ok: bool) -> None:
+    """tool_choice="none" with tools in the request (the agent asks for an answer from the results it has): a
+    small model shown its calls goes on writing them, which would be dropped as text and run to max_new_tokens."""
+    assert accepts(grammars.for_request(request("none")), tokenizer, text) is ok
+    assert grammars.for_request(request("none", tools=())) is None  # no tools at all: free text
 
 
 REQUIRED_CASES = [
