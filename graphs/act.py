@@ -17,6 +17,8 @@ from graphs.nodes import Update, add_usage, emit
 from graphs.prompts import act_messages, result_message
 from graphs.state import AgentState
 
+# A call written out as text (a small model asked for an answer echoes its calls in blocks of its own making)
+_CALL_LIKE = re.compile(r'"name"\s*:\s*"[^"]*"\s*,\s*"arguments"\s*:')
 _CITE = re.compile(r"\[(S?\d{1,2})\]")
 _SEARCHED = re.compile(r"^\[S(\d+)\] (.+?) \(part (\d+)\):\n(.*?)(?=\n\n\[S\d+\] |\Z)", re.S | re.M)
 
@@ -41,7 +43,7 @@ def act(state: AgentState, runtime: Runtime[Deps]) -> Update:
         no_tools = replace(request, tool_choice="none")
         reply = without_calls_if_no_tools(stream_reply(runtime, no_tools), no_tools)
         usage = add_usage({**state, "usage": usage}, reply.usage.prompt_tokens, reply.usage.completion_tokens)
-        if not reply.content.strip():
+        if not reply.content.strip() or _CALL_LIKE.search(reply.content):  # (no answer: it echoes calls)
             reply = replace(reply, tool_calls=(), content=last_results_answer(state))
     steps = state.get("steps", 0) + 1
     update: Update = {"steps": steps, "usage": usage, "offered_tools": [t.name for t in tools]}

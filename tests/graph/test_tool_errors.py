@@ -92,3 +92,15 @@ def test_a_model_that_only_repeats_itself_gets_its_tool_results_as_the_answer(ma
     result = make_agent(llm).invoke("compute 6*7", kind="project")
     assert result.status == "done"
     assert 'calculator({"expression": "6*7"}) returned: 42' in result.answer
+
+
+def test_an_answer_that_only_echoes_calls_is_replaced_by_the_tool_results(make_agent):
+    """The bundled model, asked for an answer with its tools withdrawn, wrote its call back in a block of its own
+    making ("<tool_call_result>", "<tool_code>"): not an answer."""
+    again = format_call("calculator", {"expression": "6*7"})
+    echo = '<tool_code>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_code>'
+    llm = ScriptedLLM({"plan": ["1. calc"], "act": [again, again, echo]})
+    result = make_agent(llm).invoke("compute 6*7", kind="project")
+    assert result.status == "done" and "<tool_code>" not in result.answer
+    assert 'calculator({"expression": "6*7"}) returned: 42' in result.answer
+    llm.assert_complete()
