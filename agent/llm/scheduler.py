@@ -281,21 +281,21 @@ class Scheduler:
         for index, (row, _) in enumerate(group):
             by_adapter.setdefault(row.adapter, []).append(index)
         cached = [0 if hit is None else hit.tokens for _, hit in group]
-        candidates: list[tuple[str, list[int], list[int], int]] = []  # adapter, start, rows it spares, cached of it
+        # adapter, start, the rows it spares, the row with the longest part of it cached, how much of it that is
+        candidates: list[tuple[str, list[int], list[int], int, int]] = []
         for adapter, indices in by_adapter.items():
             for start in _shared_starts([group[i][0].job.prompt_ids for i in indices]) if len(indices) > 1 else []:
                 size = len(start)
                 members = [i for i in indices if group[i][0].job.prompt_ids[:size] == start]
-                known = max(members, key=cached.__getitem__)  # the row with the longest part of it cached
+                known = max(members, key=cached.__getitem__)
                 # (the start's own forward runs one token at least)
-                candidates.append((adapter, start, [i for i in members if cached[i] < size],
+                candidates.append((adapter, start, [i for i in members if cached[i] < size], known,
                                    min(cached[known], size - 1)))
         chosen = _worth_sharing(cached, [len(row.job.prompt_ids) for row, _ in group],
-                                [(len(start), rows, reused) for _, start, rows, reused in candidates],
+                                [(len(start), rows, reused) for _, start, rows, _, reused in candidates],
                                 self.share_min_tokens, self.prefill_tokens)
-        for adapter, start, rows, reused in (candidates[k] for k in chosen):
-            known = max(rows, key=cached.__getitem__)
-            hit = group[known][1]
+        for adapter, start, rows, known, reused in (candidates[k] for k in chosen):
+            hit = group[known][1]  # (its first `reused` tokens are the start's: its prompt begins with it)
             try:
                 piece, _ = KVBatch.prefill(self._model, start, self._lora.route, adapter,
                                            None if hit is None else hit.head(reused),
@@ -309,7 +309,7 @@ class Scheduler:
             if self.prefix is not None:  # its count of the tokens run through the model
                 self.prefix.stats.prefilled_tokens -= spared
             whole = Hit(len(start), tuple(piece.layers))
-            group = [(row, whole) if i in rows else (row, hit) for i, (row, hit) in enumerate(group)]
+            group = [(row, whole) if i in rows else (row, own) for i, (row, own) in enumerate(group)]
         return group
 
     def _join(self, row: _Row, piece: KVBatch, logits: Any) -> None:

@@ -514,6 +514,41 @@ def test_a_start_is_worth_its_forward_only_where_it_shortens_the_shared_forward(
     assert _worth_sharing([0, 0, 10], [200, 200, 30], [(150, [0, 1], 0)], 16, 100) == [0]  # 3 x 210 -> 3 x 200
 
 
+def test_a_shared_start_is_built_from_the_longest_cached_part_of_it(tiny_model: TinyFactory,
+                                                                   tokenizer: Any) -> None:
+    """Rows with cached parts of different lengths: the start's own forward runs past the longest (here one row
+    has all of it cached, so the start is not given to that row) and gives the others exactly its keys and
+    values."""
+    import torch
+
+    from agent.llm.batching import KVBatch
+    from agent.llm.decoding import Sampler
+    from agent.llm.prefixcache import Hit
+    from agent.llm.scheduler import Job, _Row
+
+    llm = TransformersLLM(tiny_model(3), tokenizer, constrained=False, prefix_cache_mb=0)
+    scheduler = llm.scheduler
+    start = list(range(100, 120))
+    prompts = [start + list(range(200, 210)), start + list(range(300, 310)), start + list(range(400, 410))]
+    route = scheduler._lora.route
+    alone = [KVBatch.prefill(llm.model, p, route, "__base__")[0] for p in prompts]
+
+    def hit(row: int, tokens: int) -> Hit | None:
+        return Hit(len(prompts[row]), tuple(alone[row].layers)).head(tokens)
+
+    group = [(_Row(Job(p, None, Sampler(llm.stop_ids, 4)), "__base__"), h)
+             for p, h in zip(prompts, [hit(0, 29), hit(1, 5), None], strict=True)]
+    shared = scheduler._share_starts(group)
+    assert scheduler.shared_prefills == 1 and shared[0][1] is group[0][1]  # the first keeps its own, longer part
+    for row in (1, 2):
+        given = shared[row][1]
+        assert given is not None and given.tokens == len(start)
+        for (keys, values), (k, v) in zip(given.layers, alone[row].layers, strict=True):
+            assert keys.shape[2] == len(start)
+            assert torch.allclose(keys, k[:, :, :len(start)], atol=1e-5)
+            assert torch.allclose(values, v[:, :, :len(start)], atol=1e-5)
+
+
 @pytest.mark.parametrize("prefix_cache_mb", [0, 16])
 def test_prompts_prefilled_together_run_their_common_start_once(tiny_model: TinyFactory, tokenizer: Any,
                                                                 tmp_path: Path, prefix_cache_mb: int,
