@@ -25,7 +25,7 @@ from agent.llm.lorarouter import BASE
 from agent.llm.slots import SlotBatch, SlotCache, describe
 from agent.types import Constraint
 from tests.llm.conftest import TinyFactory
-from tests.llm.test_batching import ask, batched, texts
+from tests.llm.test_batching import ask, batched, harbour, texts
 from tests.llm.test_int4 import route as no_adapters
 from tests.llm.test_leanstep import PROMPTS, assert_close
 from tests.llm.test_llm_adapters import make_lora
@@ -256,6 +256,17 @@ def test_engine_replies_are_the_same_through_the_slots(tiny_model: TinyFactory, 
     assert llm.complete(first[0]).text == alone[0].text and slots.replays > replays
 
 
+def test_prompts_that_share_a_start_join_the_slots_as_alone(tiny_model: TinyFactory, tokenizer: Any) -> None:
+    plain = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0, lean_decode=False)
+    llm = TransformersLLM(tiny_model(0), tokenizer, constrained=False, prefix_cache_mb=0)
+    slots = llm.scheduler.slots = SlotCache(llm.model, llm.lean, 256, Rerun())
+    requests = [ask("Hi.", 6), harbour("Which ships came in today?", 12), harbour("Yo.", 9),
+                harbour("Is the tide high tonight?", 10)]
+    alone = [plain.complete(r) for r in requests]
+    assert texts(batched(llm, requests)) == texts(alone)
+    assert llm.scheduler.shared_prefills == 1 and slots.replays > 0
+
+
 def test_constrained_requests_through_the_slots(tiny_model: TinyFactory, tokenizer: Any) -> None:
     """Tool calls and choices decode through the slots, with the grammar masks computed during the step (the
     GPU's way), as they decode through transformers' forward."""
@@ -316,6 +327,13 @@ def test_cuda_engine_replies_are_the_same_with_and_without_graphs(tiny_model: Ti
     alone = [eager.complete(r) for r in requests]
     assert texts(batched(graphed, requests)) == texts(alone)
     assert graphed.scheduler.slots.replays > 0
+    # prompts that share a start, which a GPU shares only past SHARED_PREFIX_MIN_TOKENS_GPU spared positions
+    assert graphed.scheduler.share_min_tokens == 256
+    graphed.scheduler.share_min_tokens = 1
+    harbours = [ask("Hi.", 6), harbour("Which ships came in today?", 12), harbour("Yo.", 9)]
+    alone = [eager.complete(r) for r in harbours]
+    assert texts(batched(graphed, harbours)) == texts(alone)
+    assert graphed.scheduler.shared_prefills == 1
 
 
 @CUDA
