@@ -485,19 +485,22 @@ def _worth_sharing(cached: list[int], lengths: list[int], starts: list[tuple[int
                 after[i] = max(after[i], size)
         return max(after), max(length - part for length, part in zip(lengths, after, strict=True))
 
+    before = layout([])
+
     def spared(chosen: list[int]) -> int:
-        return rows * (layout([])[1] - layout(chosen)[1]) - sum(starts[k][0] - starts[k][2] for k in chosen)
+        return rows * (before[1] - layout(chosen)[1]) - sum(starts[k][0] - starts[k][2] for k in chosen)
 
     chosen = list(range(len(starts)))
     while chosen:
+        now = spared(chosen)
         fewer = next((chosen[:n] + chosen[n + 1:] for n in range(len(chosen))
-                      if spared(chosen[:n] + chosen[n + 1:]) >= spared(chosen)), None)
+                      if spared(chosen[:n] + chosen[n + 1:]) >= now), None)
         if fewer is None:
             break
         chosen = fewer
     if not chosen or spared(chosen) < min_tokens * len(chosen):
         return []
-    return chosen if rows * sum(layout(chosen)) <= max(budget, rows * sum(layout([]))) else []
+    return chosen if rows * sum(layout(chosen)) <= max(budget, rows * sum(before)) else []
 
 
 def _common_length(one: list[int], other: list[int]) -> int:
